@@ -1,0 +1,1 @@
+"""Keras 3 model library of temporal-enhanced DeepEmoCluster."""

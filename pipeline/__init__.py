@@ -1,0 +1,1 @@
+"""Apache Beam preprocessing: corpus -> mel -> train-split z-normalisation -> chunks -> TFRecords."""

@@ -1,0 +1,74 @@
+"""Audio decoding and the mel front end used by the pipeline (librosa, numpy).
+
+The exported model re-implements ``mel_spectrogram`` in-graph (``model.frontend``)
+with the filterbank of ``mel_filterbank`` embedded as a constant.
+"""
+
+from __future__ import annotations
+
+import io
+
+import librosa
+import numpy as np
+import soundfile
+
+from pipeline.params import FeatureParams
+
+
+class AudioError(ValueError):
+    """Audio that cannot become features; ``str(error)`` is the dead-letter reason."""
+
+
+def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
+    """Decodes any format soundfile reads into mono float32 at ``sample_rate``.
+
+    Raises AudioError for empty, corrupt, truncated or non-finite audio.
+    """
+    if not data:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as sound:
+            declared = sound.frames
+            source_rate = sound.samplerate
+            samples = sound.read(dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        raise AudioError(f"unreadable audio: {error}") from error
+    if samples.shape[0] == 0:
+        raise AudioError("audio has no samples")
+    if 0 < declared and samples.shape[0] < declared:
+        raise AudioError(f"truncated audio: header declares {declared} frames, read {samples.shape[0]}")
+    mono = samples.mean(axis=1)
+    if not np.all(np.isfinite(mono)):
+        raise AudioError("audio contains non-finite samples")
+    if source_rate != sample_rate:
+        mono = librosa.resample(mono, orig_sr=source_rate, target_sr=sample_rate, res_type="soxr_hq")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def peak_normalise(waveform: np.ndarray) -> np.ndarray:
+    """Scales to a peak of 1 (reference ``x / max|x|``); silence stays zeros."""
+    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+    if peak == 0.0:
+        return waveform.astype(np.float32, copy=True)
+    return (waveform / peak).astype(np.float32)
+
+
+def mel_filterbank(params: FeatureParams) -> np.ndarray:
+    """Slaney mel filterbank [n_mels, n_fft // 2 + 1], librosa's exactly."""
+    return librosa.filters.mel(
+        sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
+        fmin=params.fmin, fmax=params.fmax, htk=False, norm="slaney",
+    ).astype(np.float32)
+
+
+def mel_spectrogram(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
+    """Mel spectrogram [T, n_mels] of a (peak-normalised) 16 kHz waveform."""
+    mel = librosa.feature.melspectrogram(
+        y=np.asarray(waveform, dtype=np.float32), sr=params.sample_rate,
+        n_fft=params.n_fft, hop_length=params.hop_length, win_length=params.win_length,
+        window="hann", center=True, pad_mode=params.pad_mode, power=params.power,
+        n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax, htk=False, norm="slaney",
+    ).T.astype(np.float32)
+    if params.log_mel:
+        mel = np.log(mel + np.float32(params.log_offset))
+    return mel
