@@ -14,6 +14,7 @@ WORKER_REQUIREMENTS = [
     "soundfile==0.14.0",
     "soxr==1.1.0",
     "numpy==2.4.6",
+    "threadpoolctl==3.8.0",
 ]
 
 setuptools.setup(

@@ -7,6 +7,7 @@ with the filterbank of ``mel_filterbank`` embedded as a constant.
 from __future__ import annotations
 
 import io
+import re
 
 import librosa
 import numpy as np
@@ -17,6 +18,23 @@ from pipeline.params import FeatureParams
 
 class AudioError(ValueError):
     """Audio that cannot become features; ``str(error)`` is the dead-letter reason."""
+
+
+_DATA_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_LENGTH = (0, 0xFFFFFFFF)
+"""Data sizes that streaming writers put in a header when the length is not known yet."""
+
+
+def _missing_data(parser_log: str) -> str | None:
+    """Names a WAV/AIFF data chunk whose header size exceeds the bytes in the file.
+
+    libsndfile silently reads such a file up to where it ends and reports the shorter
+    length as the frame count; only its header-parser log shows the truncation.
+    """
+    for chunk, declared, present in _DATA_CHUNK.findall(parser_log):
+        if int(declared) not in _UNKNOWN_LENGTH and int(present) < int(declared):
+            return f"{chunk} chunk declares {declared} bytes, file holds {present}"
+    return None
 
 
 def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
@@ -30,11 +48,15 @@ def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
         with soundfile.SoundFile(io.BytesIO(data)) as sound:
             declared = sound.frames
             source_rate = sound.samplerate
+            missing = _missing_data(sound.extra_info)
             samples = sound.read(dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        raise AudioError(f"unreadable audio: {error}") from error
+        detail = getattr(error, "error_string", None) or str(error)  # libsndfile's words, no object repr
+        raise AudioError(f"unreadable audio: {detail}") from error
     if samples.shape[0] == 0:
         raise AudioError("audio has no samples")
+    if missing:
+        raise AudioError(f"truncated audio: {missing}")
     if 0 < declared and samples.shape[0] < declared:
         raise AudioError(f"truncated audio: header declares {declared} frames, read {samples.shape[0]}")
     mono = samples.mean(axis=1)

@@ -1,0 +1,95 @@
+"""Re-assignment: embed a split, cluster it with ``model.kmeans``, hand the result to a sampler.
+
+This is DeepCluster's middle step, kept apart from clustering (``model.kmeans``) and
+from sampling (``model.sampling``). ``ReclusterCallback`` runs it at the start of every
+stage's ``fit`` so each stage trains on pseudo-labels of the current features.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import normalized_mutual_info_score
+
+from model.kmeans import kmeans
+
+
+def embed_batches(embed_fn: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``embed_fn`` over ``{"features", "index"}`` batches -> (indices [N], features [N, C, D])."""
+    indices, features = [], []
+    for batch in batches:
+        features.append(embed_fn(batch["features"]).numpy())
+        indices.append(batch["index"].numpy())
+    if not indices:
+        raise ValueError("nothing to embed: the split yielded no records")
+    return np.concatenate(indices), np.concatenate(features)
+
+
+def size_entropy(assignments: np.ndarray, num_clusters: int) -> float:
+    """Entropy of the cluster-size distribution over log(Q): 1 is perfectly balanced."""
+    sizes = np.bincount(assignments.ravel(), minlength=num_clusters).astype(np.float64)
+    shares = sizes[sizes > 0] / sizes.sum()
+    return float(-(shares * np.log(shares)).sum() / math.log(num_clusters))
+
+
+class Reclusterer:
+    """Embeds one split, clusters every chunk and refreshes that split's sampler.
+
+    ``previous`` keeps the last assignment (ordered by record index) so consecutive
+    epochs can be compared with NMI, as the reference logs.
+    """
+
+    def __init__(self, *, name: str, embed_fn: Callable[[tf.Tensor], tf.Tensor],
+                 batches: Callable[[], tf.data.Dataset], sampler, num_clusters: int,
+                 iterations: int, seed: int):
+        self.name = name
+        self.embed_fn = embed_fn
+        self.batches = batches
+        self.sampler = sampler
+        self.num_clusters = num_clusters
+        self.iterations = iterations
+        self.seed = seed
+        self.previous: np.ndarray | None = None
+
+    def run(self, round_index: int) -> dict[str, float]:
+        """One re-assignment; returns statistics for the history."""
+        start = time.perf_counter()
+        indices, features = embed_batches(self.embed_fn, self.batches())
+        embedded = time.perf_counter()
+        num, chunks, dim = features.shape
+        assignments, _, inertia = kmeans(features.reshape(num * chunks, dim), self.num_clusters,
+                                         iterations=self.iterations, seed=self.seed + round_index)
+        assignments = np.asarray(assignments).reshape(num, chunks)
+        order = np.argsort(indices)
+        ordered = assignments[order]
+        nmi = (float(normalized_mutual_info_score(self.previous.ravel(), ordered.ravel()))
+               if self.previous is not None and self.previous.shape == ordered.shape else float("nan"))
+        self.previous = ordered
+        self.sampler.refresh(indices, assignments, self.num_clusters)
+        return {
+            f"{self.name}_cluster_entropy": size_entropy(assignments, self.num_clusters),
+            f"{self.name}_nmi": nmi,
+            f"{self.name}_inertia": float(inertia),
+            f"{self.name}_acceptance": float(self.sampler.acceptance_rate()),
+            f"{self.name}_seconds_embed": embedded - start,
+            f"{self.name}_seconds_kmeans": time.perf_counter() - embedded,
+        }
+
+
+class ReclusterCallback(keras.callbacks.Callback):
+    """Before a stage's ``fit``: re-assign pseudo-labels and start a fresh cluster classifier."""
+
+    def __init__(self, reclusterer: Reclusterer, round_index: int, stats: dict[str, float]):
+        super().__init__()
+        self.reclusterer = reclusterer
+        self.round_index = round_index
+        self.stats = stats
+
+    def on_train_begin(self, logs=None):
+        self.stats.update(self.reclusterer.run(self.round_index))
+        self.model.reset_cluster_classifier()

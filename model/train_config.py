@@ -1,0 +1,85 @@
+"""Every training setting of one run, resolved once and written to ``config.json``.
+
+Defaults reproduce the paper and the reference (REFERENCE.md); options that improve on
+them are named here and documented in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from model.variants import get_variant
+from pipeline.params import ATTRIBUTES
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Attributes mirror trainer.py's flags (``--triplet-weight`` -> ``triplet_weight``)."""
+
+    model: str = "temp-gru"
+    setting: str = "fsl"
+    attributes: tuple[str, ...] = ("arousal",)
+    clusters: int = 10
+    epochs: int = 30
+    batch_size: int = 64
+    patience: int = 0
+    unlabeled_count: int = 0
+    triplet_weight: float = 1.0
+    triplet_window: int = 4
+    triplet_margin: float = 1.0
+    triplets_per_sentence: int = 10
+    seed: int = 0
+    jit_compile: bool = False
+    distribute: str = "none"
+    encoder_lr: float = 0.001
+    output_lr: float = 0.0005
+    kmeans_iterations: int = 20
+    ccc_level: str = "chunk"
+
+    def __post_init__(self) -> None:
+        get_variant(self.model)
+        if self.setting not in ("fsl", "ssl"):
+            raise ValueError(f"setting must be fsl or ssl, got {self.setting!r}")
+        unknown = [a for a in self.attributes if a not in ATTRIBUTES]
+        if unknown or not self.attributes:
+            raise ValueError(f"attributes must be a non-empty subset of {ATTRIBUTES}, got {self.attributes}")
+        if self.ccc_level not in ("chunk", "sentence"):
+            raise ValueError(f"ccc_level must be chunk or sentence, got {self.ccc_level!r}")
+        if self.distribute not in ("none", "mirrored", "multiworker"):
+            raise ValueError(f"distribute must be none, mirrored or multiworker, got {self.distribute!r}")
+        for name in ("clusters", "epochs", "batch_size", "triplet_window", "triplets_per_sentence",
+                     "kmeans_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.clusters < 2 and get_variant(self.model).clustering:
+            raise ValueError("clusters must be >= 2 for a clustering model")
+
+    @property
+    def variant(self):
+        return get_variant(self.model)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Stage I (Algorithm 1) runs only for clustering models in the SSL setting."""
+        return self.setting == "ssl" and self.variant.clustering
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["attributes"] = list(self.attributes)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        kwargs["attributes"] = tuple(kwargs.get("attributes", ("arousal",)))
+        return cls(**kwargs)
+
+
+def parse_attributes(value: str) -> tuple[str, ...]:
+    """``all`` or one attribute name (a comma list is accepted too)."""
+    if value == "all":
+        return ATTRIBUTES
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(a for a in ATTRIBUTES if a in names) if set(names) <= set(ATTRIBUTES) else names

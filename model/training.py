@@ -1,0 +1,402 @@
+"""One training run: Algorithm 1's epoch loop, checkpoints, model selection and outputs.
+
+Per epoch: (SSL) stage I on the unlabelled split, then stage II on train; each clustering
+stage starts with a re-assignment (``model.reclustering``) and trains through its split's
+sampler (``model.sampling``). After every stage the run is checkpointed, so a killed job
+re-run with the same command resumes from the last completed stage. After stage II the
+sentence-level dev CCC selects the best weights. At the end the best weights are scored
+on dev and test and exported as a SavedModel.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import posixpath
+import time
+from typing import Any, Callable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.data import SplitSource, inference_batches
+from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
+from model.export import export_saved_model
+from model.network import EmoClusterNet
+from model.predictions import predict_split
+from model.reclustering import ReclusterCallback, Reclusterer
+from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
+from model.train_config import TrainConfig
+from pipeline.metadata import Metadata
+from pipeline.params import ATTRIBUTES
+
+TRAIN, DEV, TEST, UNLABELED = "train", "dev", "test", "unlabeled"
+STATE_FILE = "state.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what is left intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPaths:
+    """Where a run writes; Vertex AI's ``AIP_*`` variables take precedence when set."""
+
+    root: str
+    model_dir: str
+    checkpoint_dir: str
+    tensorboard_dir: str
+
+    @classmethod
+    def resolve(cls, job_dir: str, environ: Mapping[str, str] = os.environ) -> "JobPaths":
+        return cls(
+            root=job_dir,
+            model_dir=environ.get("AIP_MODEL_DIR") or posixpath.join(job_dir, "model"),
+            checkpoint_dir=environ.get("AIP_CHECKPOINT_DIR") or posixpath.join(job_dir, "checkpoints"),
+            tensorboard_dir=environ.get("AIP_TENSORBOARD_LOG_DIR") or posixpath.join(job_dir, "logs"),
+        )
+
+    def file(self, name: str) -> str:
+        return posixpath.join(self.root, name)
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage of an epoch: which split, which loss terms, how its batches are drawn."""
+
+    name: str
+    supervised: bool
+    sampler: PlainSampler | SentenceSampler | ChunkSampler
+    reclusterer: Reclusterer | None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Everything besides weights that a resumed run needs; saved next to each checkpoint."""
+
+    epoch: int = 0
+    stage: int = 0
+    row: dict[str, Any] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_checkpoint: str = ""
+    epochs_without_improvement: int = 0
+    checkpoint: str = ""
+    finished: bool = False
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes through a temporary name and a rename, so a kill never leaves half a file."""
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+        handle.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def history_csv(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops a stage at the first non-finite loss, before anything is checkpointed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_step: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not math.isfinite(float(logs.get("loss", 0.0))):
+            self.failed_step = batch
+            self.model.stop_training = True
+
+
+class Trainer:
+    """Builds the model from the data's metadata and the config, then runs or resumes it."""
+
+    def __init__(self, config: TrainConfig, data_dir: str, job: JobPaths, metadata: Metadata,
+                 log: Callable[[str], None] = print, verbose: int = 1):
+        self.config = config
+        self.data_dir = data_dir
+        self.job = job
+        self.metadata = metadata
+        self.log = log
+        self.verbose = verbose
+        self.attributes = tuple(config.attributes)
+        self.strategy = _strategy(config.distribute)
+        keras.utils.set_random_seed(config.seed)
+        # TF's own global seed must not be 0: tf.data's get_seed compares (global, op) seeds
+        # with (0, 0), which fails for the per-epoch tensor seeds of model.sampling.
+        tf.random.set_seed(config.seed + 1)
+        with self.strategy.scope():
+            net = build_net(config, metadata)
+            self.model = DeepEmoCluster(config, net)
+            self.model.compile(jit_compile=config.jit_compile)
+        self.stages = self._build_stages()
+        self.progress = Progress()
+        self.checkpoint = tf.train.Checkpoint(
+            net=variables_checkpoint(net.variables),
+            optimizers=variables_checkpoint([v for optimizer in (
+                self.model.encoder_optimizer, self.model.output_optimizer, self.model.classifier_optimizer)
+                for v in optimizer.variables]),
+            triplet_rng=self.model.triplet_rng,
+            **{f"{stage.name}_sampler_epochs": stage.sampler.epochs_started for stage in self.stages},
+            **{f"{stage.name}_assignments": stage.sampler.assignments.labels
+               for stage in self.stages if stage.reclusterer is not None})
+        self._predict = tf.function(lambda features: net(features, training=False)["predictions"],
+                                    jit_compile=config.jit_compile)
+
+    def _build_stages(self) -> list[Stage]:
+        stages = []
+        if self.config.uses_unlabeled:
+            stages.append(self._stage(UNLABELED, supervised=False))
+        stages.append(self._stage(TRAIN, supervised=True))
+        return stages
+
+    def _stage(self, split: str, supervised: bool) -> Stage:
+        source = SplitSource.from_metadata(self.data_dir, split, self.metadata)
+        subset = None
+        if split == UNLABELED and self.config.unlabeled_count:
+            subset = _sample_indices(self.data_dir, source, self.config.unlabeled_count, self.config.seed)
+            source = dataclasses.replace(source, count=len(subset))
+        variant = self.config.variant
+        sampler_class = {"sentence": SentenceSampler, "chunk": ChunkSampler, "plain": PlainSampler}[variant.sampler]
+        sampler = sampler_class(source)
+        reclusterer = None
+        if variant.clustering:
+            net = self.model.net
+            embed = tf.function(lambda features: net(features, training=False)["cluster_features"],
+                                jit_compile=self.config.jit_compile)
+            reclusterer = Reclusterer(
+                name=split, embed_fn=embed, batches=lambda: self._embedding_batches(split, subset),
+                sampler=sampler, num_clusters=self.config.clusters,
+                iterations=self.config.kmeans_iterations, seed=self.config.seed)
+        return Stage(split, supervised, sampler, reclusterer)
+
+    def _embedding_batches(self, split: str, subset: np.ndarray | None) -> tf.data.Dataset:
+        batches = inference_batches(self.data_dir, split, self.metadata.params, self.config.batch_size,
+                                    keys=("features", "index"))
+        if subset is None:
+            return batches
+        keep = tf.constant(subset, tf.int64)
+        return batches.unbatch().filter(
+            lambda element: tf.reduce_any(tf.equal(element["index"], keep))).batch(self.config.batch_size)
+
+    def _batches(self, stage: Stage, epoch: int) -> tf.data.Dataset:
+        columns = [ATTRIBUTES.index(a) for a in self.attributes]
+        label_stats = self.metadata.label_stats
+        attributes = self.attributes
+
+        def to_model_batch(batch):
+            targets = label_stats.normalise(tf.gather(batch["labels"], columns, axis=-1), attributes)
+            model_batch = {"features": batch["features"], "targets": targets}
+            if "cluster_labels" in batch:
+                model_batch["cluster_labels"] = batch["cluster_labels"]
+            return model_batch
+
+        batch_size = self.config.batch_size
+        if stage.sampler.__class__ is ChunkSampler:
+            batch_size *= self.metadata.params.num_chunks
+        seed = self.config.seed * 1000 + len(self.stages) * epoch + self.stages.index(stage)
+        return stage.sampler.dataset(batch_size, seed).map(to_model_batch)
+
+    def restore(self) -> bool:
+        """Restores the last completed stage, if the job directory holds one."""
+        state_path = posixpath.join(self.job.checkpoint_dir, STATE_FILE)
+        if not tf.io.gfile.exists(state_path):
+            return False
+        with tf.io.gfile.GFile(state_path) as handle:
+            self.progress = Progress(**json.load(handle))
+        if self.progress.checkpoint:
+            self.checkpoint.restore(self._local(self.progress.checkpoint)).expect_partial()
+        if self.progress.finished:
+            self.log(f"resuming from epoch {self.progress.epoch}: training finished, finalising "
+                     f"(checkpoint {self.progress.checkpoint})")
+        else:
+            self.log(f"resuming from epoch {self.progress.epoch + 1}, stage "
+                     f"{self.stages[self.progress.stage].name} (checkpoint {self.progress.checkpoint or 'none'})")
+        return True
+
+    def _local(self, prefix: str) -> str:
+        """A saved checkpoint prefix inside this job's checkpoint folder (the job may have moved)."""
+        return checkpoint_in(self.job.checkpoint_dir, prefix)
+
+    def _save(self) -> None:
+        """Checkpoint first, then the state that points at it: a kill in between keeps the old pair."""
+        prefix = posixpath.join(self.job.checkpoint_dir, f"ckpt-e{self.progress.epoch:03d}-s{self.progress.stage}")
+        previous = self.progress.checkpoint
+        self.progress.checkpoint = self.checkpoint.write(prefix)
+        write_text(posixpath.join(self.job.checkpoint_dir, STATE_FILE), json.dumps(dataclasses.asdict(self.progress)))
+        if previous and previous not in (self.progress.checkpoint, self.progress.best_checkpoint):
+            _remove_checkpoint(self._local(previous))
+
+    def run(self) -> dict[str, Any]:
+        self.restore()
+        writer = tf.summary.create_file_writer(self.job.tensorboard_dir)
+        while not self.progress.finished and self.progress.epoch < self.config.epochs:
+            epoch = self.progress.epoch
+            while self.progress.stage < len(self.stages):
+                self.progress.row.update(self._run_stage(self.stages[self.progress.stage], epoch))
+                self.progress.stage += 1
+                if self.progress.stage < len(self.stages):
+                    self._save()
+            self._end_epoch(epoch, writer)
+        if not self.progress.finished:
+            self.progress.finished = True
+            self._save()
+        return self._finalise()
+
+    def _run_stage(self, stage: Stage, epoch: int) -> dict[str, float]:
+        self.model.set_stage(SUPERVISED if stage.supervised else UNSUPERVISED)
+        stats: dict[str, float] = {}
+        guard = NonFiniteLossGuard()
+        callbacks: list[keras.callbacks.Callback] = [guard, keras.callbacks.TensorBoard(
+            posixpath.join(self.job.tensorboard_dir, stage.name), update_freq="epoch")]
+        if stage.reclusterer is not None:
+            callbacks.insert(0, ReclusterCallback(stage.reclusterer, len(self.stages) * epoch + self.stages.index(stage), stats))
+        if self.verbose:
+            self.log(f"epoch {epoch + 1}/{self.config.epochs} stage {stage.name} "
+                     f"({'CE + (1 - CCC)' if stage.supervised else 'CE'} on {stage.sampler.source.count} sentences)")
+        start = time.perf_counter()
+        history = self.model.fit(self._batches(stage, epoch), epochs=epoch + 1, initial_epoch=epoch,
+                                 callbacks=callbacks, verbose=self.verbose, shuffle=False)
+        if guard.failed_step is not None:
+            raise TrainingError(
+                f"non-finite loss in epoch {epoch + 1}, stage {stage.name}, step {guard.failed_step + 1}; "
+                f"training stopped; the last good checkpoint is {self.progress.checkpoint or 'none yet'}")
+        stats.update({f"{stage.name}_{name}": float(values[-1]) for name, values in history.history.items()})
+        stats[f"{stage.name}_seconds"] = time.perf_counter() - start
+        if isinstance(stage.sampler, SentenceSampler):
+            stats[f"{stage.name}_acceptance_achieved"] = stage.sampler.acceptance_stats()["rate"]
+        return stats
+
+    def _end_epoch(self, epoch: int, writer) -> None:
+        start = time.perf_counter()
+        dev = predict_split(self._predict, self.data_dir, DEV, self.metadata, self.attributes,
+                            self.config.batch_size).ccc()
+        row = self.progress.row
+        row.update({f"dev_ccc_{a}": v for a, v in dev.items()})
+        score = float(np.mean(list(dev.values())))
+        row["dev_ccc_mean"] = score
+        row["seconds_dev"] = time.perf_counter() - start
+        improved = score > self.progress.best_score
+        if improved:
+            self.progress.best_score, self.progress.best_epoch = score, epoch + 1
+            self.progress.epochs_without_improvement = 0
+        else:
+            self.progress.epochs_without_improvement += 1
+        self.progress.history.append({"epoch": epoch + 1, **row})
+        with writer.as_default(step=epoch + 1):
+            for key, value in row.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    tf.summary.scalar(key, value)
+        write_text(self.job.file("history.csv"), history_csv(self.progress.history))
+        self.log(_epoch_line(epoch + 1, self.config.epochs, row, improved))
+        stop = bool(self.config.patience) and self.progress.epochs_without_improvement >= self.config.patience
+        self.progress.epoch, self.progress.stage, self.progress.row = epoch + 1, 0, {}
+        old_best = self.progress.best_checkpoint
+        if improved:
+            self.progress.best_checkpoint = self.checkpoint.write(
+                posixpath.join(self.job.checkpoint_dir, f"best-e{epoch + 1:03d}"))
+        if stop:
+            self.log(f"early stopping: no dev improvement for {self.config.patience} epochs")
+            self.progress.finished = True
+        self._save()
+        if improved and old_best and old_best != self.progress.best_checkpoint:
+            _remove_checkpoint(self._local(old_best))
+
+    def _finalise(self) -> dict[str, Any]:
+        if self.progress.best_checkpoint:
+            self.checkpoint.restore(self._local(self.progress.best_checkpoint)).expect_partial()
+        metrics: dict[str, Any] = {"best_epoch": self.progress.best_epoch, "model": self.config.model,
+                                   "setting": self.config.setting, "attributes": list(self.attributes)}
+        probe = None
+        for split in (DEV, TEST):
+            if split not in self.metadata.splits or not self.metadata.splits[split].count:
+                continue
+            predictions = predict_split(self._predict, self.data_dir, split, self.metadata, self.attributes,
+                                        self.config.batch_size)
+            scores = predictions.ccc()
+            metrics[split] = {"ccc": scores, "ccc_mean": float(np.mean(list(scores.values()))),
+                              "sentences": int(len(predictions.indices))}
+        for batch in inference_batches(self.data_dir, DEV, self.metadata.params, 4, keys=("features",)):
+            probe = batch["features"].numpy()
+            break
+        metrics["export"] = export_saved_model(self.model.net, self.metadata, self.attributes,
+                                               self.job.model_dir, probe)
+        write_text(self.job.file("metrics.json"), json.dumps(metrics, indent=2))
+        self.log(f"best epoch {metrics['best_epoch']}: " + "; ".join(
+            f"{split} CCC " + ", ".join(f"{a} {v:.3f}" for a, v in metrics[split]["ccc"].items())
+            for split in (DEV, TEST) if split in metrics))
+        self.log(f"SavedModel: {self.job.model_dir}")
+        return metrics
+
+
+def variables_checkpoint(variables) -> tf.train.Checkpoint:
+    """Checkpoints variables by position.
+
+    Keras 3 keeps sub-layers and optimizer slots in lists that the object graph of
+    ``tf.train.Checkpoint`` does not follow (a plain ``Checkpoint(net=net)`` silently
+    leaves out every layer held in a list), so the variables are listed explicitly. The
+    architecture is rebuilt from config.json, so positions always match.
+    """
+    return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
+
+
+def build_net(config: TrainConfig, metadata: Metadata) -> EmoClusterNet:
+    """The network a run trains: its variant's parts, shaped by the data's feature settings."""
+    return EmoClusterNet.for_params(
+        metadata.params, temporal=config.variant.temporal,
+        num_clusters=config.clusters if config.variant.clustering else None,
+        num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout)
+
+
+def _epoch_line(epoch: int, epochs: int, row: Mapping[str, Any], improved: bool) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key in ("unlabeled_loss", "train_loss", "train_cluster_ce", "train_ccc_loss", "train_triplet",
+                "train_cluster_entropy", "train_nmi"):
+        if key in row and math.isfinite(row[key]):
+            parts.append(f"{key} {row[key]:.4f}")
+    parts.append("dev CCC " + " ".join(f"{k[8:]} {v:.3f}" for k, v in row.items()
+                                        if k.startswith("dev_ccc_") and k != "dev_ccc_mean"))
+    parts.append(f"mean {row['dev_ccc_mean']:.3f}" + (" *best*" if improved else ""))
+    return " | ".join(parts)
+
+
+def _sample_indices(data_dir: str, source: SplitSource, count: int, seed: int) -> np.ndarray:
+    """A seeded subset of ``count`` record indices of a split (the paper's 15K of the pool)."""
+    indices = np.concatenate([batch["index"].numpy() for batch in inference_batches(
+        data_dir, source.split, source.params, 1024, keys=("index",))])
+    if count >= len(indices):
+        return np.sort(indices)
+    return np.sort(np.random.default_rng(seed).choice(indices, size=count, replace=False))
+
+
+def checkpoint_in(checkpoint_dir: str, prefix: str) -> str:
+    return posixpath.join(checkpoint_dir, posixpath.basename(prefix))
+
+
+def _remove_checkpoint(prefix: str) -> None:
+    for path in tf.io.gfile.glob(prefix + ".*"):
+        tf.io.gfile.remove(path)
+
+
+def _strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()

@@ -1,0 +1,52 @@
+"""Every model variant as a composition of parts (DESIGN.md, "Variants as composition").
+
+A variant is data, not code: the trainer reads these knobs and builds the one model
+class from the shared parts, so adding a variant never copies a model file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """Knobs of one model variant.
+
+    Attributes:
+      name: command-line name (``--model``).
+      temporal: temporal net over the chunk embeddings: none, gru, cnn or trans.
+      clustering: trains a cluster head on per-stage K-means pseudo-labels.
+      sampler: ``sentence`` (Sec. 3.3 rejection sampler), ``chunk`` (vanilla,
+        per-cluster balanced chunks) or ``plain`` (shuffled sentences).
+      triplet: adds the temporal triplet loss on the encoder embeddings (Eq. 7).
+      encoder_dropout: dropout after the encoder's Dense (the reference's Temp-Triplet
+        model has none; its other models use 0.5).
+      paper_name: how the paper's tables name it.
+    """
+
+    name: str
+    temporal: str
+    clustering: bool
+    sampler: str
+    triplet: bool = False
+    encoder_dropout: float = 0.5
+    paper_name: str = ""
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("regressor", "none", False, "plain", paper_name="CNN-regressor"),
+    Variant("vanilla", "none", True, "chunk", paper_name="vanilla DeepEmoCluster"),
+    Variant("temp-gru", "gru", True, "sentence", paper_name="Temp-GRU"),
+    Variant("temp-cnn", "cnn", True, "sentence", paper_name="Temp-CNN"),
+    Variant("temp-trans", "trans", True, "sentence", paper_name="Temp-Trans"),
+    Variant("temp-triplet", "none", True, "sentence", triplet=True, encoder_dropout=0.0,
+            paper_name="Temp-Triplet"),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}") from None

@@ -1,0 +1,128 @@
+"""Command-line flags of ``python -m pipeline`` as a Beam ``PipelineOptions`` subclass.
+
+Flags are spelled with hyphens as the README writes them; each also accepts the
+underscore spelling because Beam hands options to workers as ``--dest=value``. The
+feature flags default to None so that ``FeatureParams`` keeps the only copy of the
+defaults; ``feature_params()`` builds the one settings object of a run.
+
+``--labels`` is also Beam's flag for Dataflow job labels (``key=value``), so a
+``--labels`` value without ``=`` is taken as the label CSV (``--labels-file``) before
+Beam parses the flags, and job labels keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.corpus import CORPUS_KINDS, CSV, MSP_PODCAST
+from pipeline.params import CHUNK_SHIFTS, PAD_MODES, SHORT_RULES, STORAGE_DTYPES, FeatureParams
+
+_DEFAULTS = FeatureParams()
+_FEATURE_FLAGS = ("max_seconds", "chunk_seconds", "chunk_shift", "short_rule", "pad_mode", "storage_dtype")
+
+
+def _flag(parser, name: str, **kwargs) -> None:
+    dest = name.replace("-", "_")
+    names = [f"--{name}"] + ([f"--{dest}"] if dest != name else [])
+    parser.add_argument(*names, dest=dest, **kwargs)
+
+
+def route_label_file(flags: Sequence[str]) -> list[str]:
+    """Rewrites ``--labels PATH`` to ``--labels-file PATH``; ``--labels key=value`` stays Beam's."""
+    routed: list[str] = []
+    flags = list(flags)
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        if flag == "--labels" and i + 1 < len(flags) and _is_path(flags[i + 1]):
+            routed += ["--labels-file", flags[i + 1]]
+            i += 2
+            continue
+        if flag.startswith("--labels=") and _is_path(flag.split("=", 1)[1]):
+            flag = "--labels-file=" + flag.split("=", 1)[1]
+        routed.append(flag)
+        i += 1
+    return routed
+
+
+def _is_path(value: str) -> bool:
+    return "=" not in value and not value.lstrip().startswith("{")
+
+
+def _default(field: str) -> str:
+    return f"default {getattr(_DEFAULTS, field)}"
+
+
+class OptionsError(ValueError):
+    """Missing or conflicting flags; the message names the flag."""
+
+
+class PreprocessOptions(PipelineOptions):
+    """Corpus, output and feature settings of one preprocessing run."""
+
+    def __init__(self, flags: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(route_label_file(sys.argv[1:] if flags is None else flags), **kwargs)
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        _flag(parser, "corpus", choices=CORPUS_KINDS,
+              help="input layout: an MSP-Podcast release folder or a CSV manifest")
+        _flag(parser, "data-root", help="MSP-Podcast folder holding Audios/ and Labels/")
+        _flag(parser, "labels-file", help="label CSV, also given as --labels PATH (default "
+                                          "DATA_ROOT/Labels/labels_consensus.csv, else labels_concensus.csv)")
+        _flag(parser, "manifest", help="CSV with columns path,split,arousal,valence,dominance[,speaker]")
+        _flag(parser, "unlabeled", help="glob of unlabelled audio files, added as split 'unlabeled'")
+        _flag(parser, "unlabeled-count", type=int, help="seeded random sample of this many unlabelled files")
+        _flag(parser, "seed", type=int, default=0, help="seed of the unlabelled sample (default 0)")
+        _flag(parser, "output", help="output folder (local or gs://) for records, errors and metadata.json")
+        _flag(parser, "num-shards", type=int, default=0,
+              help="record files per split; 0 (default) lets the runner choose and streams")
+        _flag(parser, "max-seconds", type=float, help=f"T_max of paper Eq. 2 ({_default('max_seconds')})")
+        _flag(parser, "chunk-seconds", type=float, help=f"chunk length w_c ({_default('chunk_seconds')})")
+        _flag(parser, "chunk-shift", choices=CHUNK_SHIFTS,
+              help=f"chunk placement, floor as the reference or float as Eq. 1 ({_default('chunk_shift')})")
+        _flag(parser, "short-rule", choices=SHORT_RULES,
+              help=f"utterances shorter than one chunk are tiled or zero-padded ({_default('short_rule')})")
+        _flag(parser, "pad-mode", choices=PAD_MODES,
+              help=f"STFT edge padding ({_default('pad_mode')}, as librosa < 0.10 in the reference)")
+        _flag(parser, "log-mel", action="store_true",
+              help="store log(mel + 1e-6) instead of the reference's linear power mel")
+        _flag(parser, "storage-dtype", choices=STORAGE_DTYPES,
+              help=f"dtype of the stored features ({_default('storage_dtype')})")
+
+    def feature_params(self) -> FeatureParams:
+        """The run's settings: the flags given, ``FeatureParams`` defaults for the rest."""
+        given = {name: getattr(self, name) for name in _FEATURE_FLAGS if getattr(self, name) is not None}
+        return dataclasses.replace(_DEFAULTS, log_mel=bool(self.log_mel), **given)
+
+    def check(self) -> None:
+        """Raises OptionsError naming the first missing or conflicting flag."""
+        if self.corpus is None:
+            raise OptionsError(f"--corpus is required: one of {', '.join(CORPUS_KINDS)}")
+        if not self.output:
+            raise OptionsError("--output is required")
+        if self.corpus == MSP_PODCAST:
+            if not self.data_root:
+                raise OptionsError("--corpus msp-podcast needs --data-root DIR")
+            if self.manifest:
+                raise OptionsError("--manifest belongs to --corpus csv; use --data-root for msp-podcast")
+        if self.corpus == CSV:
+            if not self.manifest:
+                raise OptionsError("--corpus csv needs --manifest FILE.csv")
+            if self.data_root or self.labels_file:
+                raise OptionsError("--data-root and --labels belong to --corpus msp-podcast")
+        if self.unlabeled_count is not None:
+            if not self.unlabeled:
+                raise OptionsError("--unlabeled-count needs --unlabeled GLOB")
+            if self.unlabeled_count < 1:
+                raise OptionsError("--unlabeled-count must be at least 1")
+        if self.num_shards < 0:
+            raise OptionsError("--num-shards must be 0 (runner decides) or positive")
+        try:
+            self.feature_params()
+        except ValueError as error:
+            raise OptionsError(f"feature flags: {error}") from error

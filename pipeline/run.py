@@ -1,0 +1,114 @@
+"""Builds the preprocessing graph from ``PreprocessOptions`` and runs it.
+
+``build_pipeline`` is separate from ``run`` so that tests and the Dataflow graph check
+can construct the graph without executing it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import logging
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline import records
+from pipeline.corpus import TRAIN, Corpus, CorpusError, Utterance, labelled_splits, read_corpus, split_sizes
+from pipeline.metadata import FILENAME as METADATA_FILE
+from pipeline.options import PreprocessOptions
+from pipeline.params import ATTRIBUTES
+from pipeline.stats import MeanStdFn
+from pipeline.transforms import (
+    ERRORS_PREFIX,
+    ERRORS_SUFFIX,
+    CountOutcomes,
+    EncodeUtterances,
+    FeatureStats,
+    ReadUtterances,
+    WriteErrors,
+    WriteMetadata,
+    WriteSplits,
+)
+
+INPUTS_FILE = "inputs.jsonl"
+"""Every input with its split and record index, staged by the driver for the workers."""
+
+_OUTPUT_PATTERNS = (METADATA_FILE, INPUTS_FILE, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}",
+                    f"*-*-of-*{records.FILE_SUFFIX}")
+_LOG = logging.getLogger(__name__)
+
+
+class OutputExistsError(ValueError):
+    """The output folder holds a previous run, whose shards would mix with this run's."""
+
+
+def check_fresh_output(output: str) -> None:
+    """Refuses an output folder that already holds pipeline outputs."""
+    existing = [FileSystems.split(m.path)[1] for m in FileSystems.match([FileSystems.join(output, "*")])[0]
+                .metadata_list]
+    taken = sorted(name for name in existing if any(fnmatch.fnmatch(name, p) for p in _OUTPUT_PATTERNS))
+    if taken:
+        raise OutputExistsError(f"{output} already holds pipeline outputs ({', '.join(taken[:3])}, ...); "
+                                "choose a new --output or delete the old one")
+
+
+def stage_inputs(utterances: list[Utterance], output: str) -> str:
+    """Writes ``inputs.jsonl`` into the output folder and returns its path.
+
+    The workers read the input list from this file rather than from a ``Create``
+    embedded in the job graph, which a 600K-utterance pool would make too large to
+    submit to Dataflow.
+    """
+    path = FileSystems.join(output, INPUTS_FILE)
+    with FileSystems.create(path) as handle:
+        handle.write("".join(u.to_json() + "\n" for u in utterances).encode("utf-8"))
+    return path
+
+
+def load_corpus(options: PreprocessOptions) -> Corpus:
+    return read_corpus(options.corpus, data_root=options.data_root, labels=options.labels_file,
+                       manifest=options.manifest, unlabeled=options.unlabeled,
+                       unlabeled_count=options.unlabeled_count, seed=options.seed)
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
+    """Reads the corpus (driver side), stages its input list and adds the whole graph."""
+    options.check()
+    check_fresh_output(options.output)
+    params = options.feature_params()
+    corpus = load_corpus(options)
+    sizes = split_sizes(corpus.utterances)
+    if TRAIN not in sizes:
+        raise CorpusError(f"no '{TRAIN}' split among the inputs ({', '.join(sizes)}): the feature "
+                          "normalisation statistics are taken over the train split")
+    _LOG.info("%d inputs: %s", len(corpus.utterances), ", ".join(f"{s} {n}" for s, n in sizes.items()))
+    source = {**corpus.source, "inputs": INPUTS_FILE,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    inputs = stage_inputs(corpus.utterances, options.output)
+    # Each pass reads the input list itself, so it streams from the file instead of
+    # waiting on a buffered PCollection shared with the other pass.
+    feature_stats = (pipeline | "ReadTrainInputs" >> ReadUtterances(inputs)
+                     | "FeatureStats" >> FeatureStats(params))
+    encoded = (pipeline | "ReadInputs" >> ReadUtterances(inputs)
+               | "EncodeUtterances" >> EncodeUtterances(params, feature_stats))
+    record_files = encoded.records | "WriteRecords" >> WriteSplits(options.output, list(sizes),
+                                                                    options.num_shards)
+    error_files = encoded.errors | "WriteErrors" >> WriteErrors(options.output)
+    label_stats = encoded.train_labels | "LabelStats" >> beam.CombineGlobally(MeanStdFn(len(ATTRIBUTES)))
+    counts = {"records": encoded.records, "errors": encoded.errors} | "CountOutcomes" >> CountOutcomes()
+    files = (record_files, error_files) | "OutputFiles" >> beam.Flatten()
+    ({"feature_stats": feature_stats, "label_stats": label_stats, "counts": counts, "files": files}
+     | "WriteMetadata" >> WriteMetadata(options.output, params, sizes, labelled_splits(corpus.utterances),
+                                        source))
+
+
+def run(options: PreprocessOptions) -> PipelineResult:
+    """Builds the graph, runs it on the chosen runner and waits until it is done."""
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result

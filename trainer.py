@@ -1,0 +1,130 @@
+"""Training entry point: argument parsing and wiring only (the logic lives in ``model/``).
+
+    python trainer.py --data-dir OUT --job-dir JOB --model temp-gru [--setting ssl] ...
+
+Runs locally or as a Vertex AI custom job (``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR`` and
+``AIP_TENSORBOARD_LOG_DIR`` take precedence over ``--job-dir`` subfolders). Re-running the
+same command on the same ``--job-dir`` resumes from the last completed stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from typing import Sequence
+
+from model.train_config import TrainConfig, parse_attributes
+from model.variants import VARIANTS
+
+CONFIG_FILE = "config.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="trainer.py", description="Train temporal-enhanced DeepEmoCluster (paper Algorithm 1).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="pipeline output (local or gs://)")
+    parser.add_argument("--job-dir", required=True, help="where this run writes (local or gs://)")
+    parser.add_argument("--model", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--setting", choices=("fsl", "ssl"), default=defaults.setting,
+                        help="fsl: labelled data only; ssl: also stage I on the unlabeled split")
+    parser.add_argument("--attributes", default="arousal",
+                        help="arousal, valence or dominance: one model per attribute as the reference; "
+                             "'all': one multitask model with three outputs")
+    parser.add_argument("--clusters", type=int, default=defaults.clusters, help="Q of K-means")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sentences per batch")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="stop after this many epochs without dev improvement (0: never)")
+    parser.add_argument("--unlabeled-count", type=int, default=defaults.unlabeled_count,
+                        help="seeded subset of the unlabeled split used in SSL (0: all of it)")
+    parser.add_argument("--triplet-weight", type=float, default=defaults.triplet_weight, help="gamma of Eq. 7")
+    parser.add_argument("--triplet-window", type=int, default=defaults.triplet_window,
+                        help="W: positives lie within +-W/2 chunks of the anchor")
+    parser.add_argument("--triplet-margin", type=float, default=defaults.triplet_margin, help="delta of Eq. 6")
+    parser.add_argument("--triplets-per-sentence", type=int, default=defaults.triplets_per_sentence)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
+    parser.add_argument("--distribute", choices=("none", "mirrored", "multiworker"), default=defaults.distribute)
+    parser.add_argument("--ccc-level", choices=("chunk", "sentence"), default=defaults.ccc_level,
+                        help="CCC loss over chunk predictions (reference) or sentence means")
+    parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr, help="SGD learning rate")
+    parser.add_argument("--output-lr", type=float, default=defaults.output_lr, help="Adam learning rate")
+    parser.add_argument("--kmeans-iterations", type=int, default=defaults.kmeans_iterations)
+    parser.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        model=args.model, setting=args.setting, attributes=parse_attributes(args.attributes),
+        clusters=args.clusters, epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+        unlabeled_count=args.unlabeled_count, triplet_weight=args.triplet_weight,
+        triplet_window=args.triplet_window, triplet_margin=args.triplet_margin,
+        triplets_per_sentence=args.triplets_per_sentence, seed=args.seed, jit_compile=args.jit_compile,
+        distribute=args.distribute, encoder_lr=args.encoder_lr, output_lr=args.output_lr,
+        kmeans_iterations=args.kmeans_iterations, ccc_level=args.ccc_level)
+
+
+def run_record(config: TrainConfig, args: argparse.Namespace, metadata_json: str) -> dict:
+    """What config.json holds: the resolved settings, the data's digest and library versions."""
+    import apache_beam
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "config": config.to_dict(),
+        "data_dir": args.data_dir,
+        "data_metadata_sha256": hashlib.sha256(metadata_json.encode()).hexdigest(),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                     "keras": keras.__version__, "numpy": numpy.__version__,
+                     "apache_beam": apache_beam.__version__},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"trainer.py: error: {error}", file=sys.stderr)
+        return 2
+
+    import tensorflow as tf
+
+    from model.training import Trainer, TrainingError, JobPaths, write_text
+    from pipeline.metadata import Metadata, MetadataError
+
+    try:
+        metadata = Metadata.load(args.data_dir)
+        required = ["train", "dev"] + (["unlabeled"] if config.uses_unlabeled else [])
+        metadata.validate(required_splits=required)
+    except MetadataError as error:
+        print(f"trainer.py: data error: {error}", file=sys.stderr)
+        return 2
+    job = JobPaths.resolve(args.job_dir)
+    record = run_record(config, args, metadata.to_json())
+    config_path = job.file(CONFIG_FILE)
+    if tf.io.gfile.exists(config_path):
+        with tf.io.gfile.GFile(config_path) as handle:
+            previous = json.load(handle)
+        if (previous["config"], previous["data_metadata_sha256"]) != (record["config"], record["data_metadata_sha256"]):
+            print(f"trainer.py: error: {args.job_dir} holds a run with other settings or data "
+                  f"(see {config_path}); use a new --job-dir", file=sys.stderr)
+            return 2
+    write_text(config_path, json.dumps(record, indent=2))
+    try:
+        Trainer(config, args.data_dir, job, metadata, verbose=0 if args.quiet else 1).run()
+    except TrainingError as error:
+        print(f"trainer.py: training error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
