@@ -6,3 +6,4 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tests.fixtures.corpora import *  # noqa: E402,F401,F403
 from tests.fixtures.edge_audio import *  # noqa: E402,F401,F403
+from tests.fixtures.jobs import *  # noqa: E402,F401,F403
