@@ -55,8 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr, help="SGD learning rate")
     parser.add_argument("--output-lr", type=float, default=defaults.output_lr, help="Adam learning rate")
     parser.add_argument("--kmeans-iterations", type=int, default=defaults.kmeans_iterations)
+    parser.add_argument("--reconstruction-weight", type=float, default=defaults.reconstruction_weight,
+                        help="ae, vae: weight of the MSE reconstruction term")
+    parser.add_argument("--kl-weight", type=float, default=defaults.kl_weight,
+                        help="vae: weight of the KL term (per input element; 1 gives the ELBO)")
+    parser.add_argument("--ladder-noise", type=float, default=defaults.ladder_noise,
+                        help="ladder: std of the Gaussian noise on every level of the noisy encoder")
+    parser.add_argument("--ladder-weights", type=_weights, default=",".join(map(str, defaults.ladder_weights)),
+                        help="ladder: comma-separated denoising weights per encoder level, input level first, "
+                             f"then the {len(defaults.ladder_weights) - 1} conv blocks")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    parser.add_argument("--hypertune", action="store_true",
+                        help="report dev_ccc_mean to Vertex AI hyperparameter tuning after each epoch "
+                             "(needs cloudml-hypertune; also on when Vertex AI's trial variables are set)")
     return parser
+
+
+def _weights(value: str) -> tuple[float, ...]:
+    """A comma-separated list of floats."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -67,7 +87,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         triplet_window=args.triplet_window, triplet_margin=args.triplet_margin,
         triplets_per_sentence=args.triplets_per_sentence, seed=args.seed, jit_compile=args.jit_compile,
         distribute=args.distribute, encoder_lr=args.encoder_lr, output_lr=args.output_lr,
-        kmeans_iterations=args.kmeans_iterations, ccc_level=args.ccc_level)
+        kmeans_iterations=args.kmeans_iterations, ccc_level=args.ccc_level,
+        reconstruction_weight=args.reconstruction_weight, kl_weight=args.kl_weight, ladder_noise=args.ladder_noise,
+        ladder_weights=args.ladder_weights)
 
 
 def run_record(config: TrainConfig, args: argparse.Namespace, metadata_json: str) -> dict:
@@ -97,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import tensorflow as tf
 
+    from model.hypertune import HypertuneError, metric_reporter, trial_job_dir
     from model.training import Trainer, TrainingError, JobPaths, write_text
     from pipeline.metadata import Metadata, MetadataError
 
@@ -107,7 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MetadataError as error:
         print(f"trainer.py: data error: {error}", file=sys.stderr)
         return 2
-    job = JobPaths.resolve(args.job_dir)
+    try:
+        report_metric = metric_reporter(args.hypertune)
+    except HypertuneError as error:
+        print(f"trainer.py: error: {error}", file=sys.stderr)
+        return 2
+    job = JobPaths.resolve(trial_job_dir(args.job_dir))
     record = run_record(config, args, metadata.to_json())
     config_path = job.file(CONFIG_FILE)
     if tf.io.gfile.exists(config_path):
@@ -119,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     write_text(config_path, json.dumps(record, indent=2))
     try:
-        Trainer(config, args.data_dir, job, metadata, verbose=0 if args.quiet else 1).run()
+        Trainer(config, args.data_dir, job, metadata, verbose=0 if args.quiet else 1,
+                report_metric=report_metric).run()
     except TrainingError as error:
         print(f"trainer.py: training error: {error}", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
 """The training model of paper Algorithm 1: Eq. 3 and Eq. 7 in a custom ``train_step``.
 
 One class serves every variant: the variant's knobs (model.variants) decide which loss
-terms exist. Following the paper (Sec. 4.3), SGD steps the VGG encoder and Adam the
-output layers, on disjoint variable sets; the cluster classifier gets its own Adam whose
-state is reset together with the classifier's weights before every clustering stage
-(DeepCluster re-creates that layer because cluster ids change meaning between stages).
+terms exist, and a network may add its own through the ``auxiliary_losses`` it returns
+when training (the reconstruction baselines' terms, model.reconstruction). Following the
+paper (Sec. 4.3), SGD steps the VGG encoder and Adam the output layers, on disjoint
+variable sets; the cluster classifier gets its own Adam whose state is reset together
+with the classifier's weights before every clustering stage (DeepCluster re-creates that
+layer because cluster ids change meaning between stages).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tensorflow as tf
 
 from model.losses import ccc_loss, cluster_cross_entropy, temporal_triplet_loss
 from model.network import EmoClusterNet
+from model.reconstruction import ReconstructionNet
 from model.train_config import TrainConfig
 
 SUPERVISED = "supervised"
@@ -22,16 +25,17 @@ UNSUPERVISED = "unsupervised"
 
 @keras.saving.register_keras_serializable(package="deepemocluster")
 class DeepEmoCluster(keras.Model):
-    """Wraps an ``EmoClusterNet`` with the two training stages of Algorithm 1.
+    """Wraps an ``EmoClusterNet`` or a ``ReconstructionNet`` with the two training stages of Algorithm 1.
 
     Batches are dicts with ``features`` [B, C, m, F], ``targets`` [B, A] (normalised
     labels of the trained attributes), and ``cluster_labels`` [B, C] for clustering
     variants. Stage II (``supervised``) minimises CE + (1 - CCC) (+ gamma * triplet);
     stage I (``unsupervised``) minimises CE (+ gamma * triplet) and leaves the emotion
-    head untouched.
+    head untouched. Both stages add every term of the network's ``auxiliary_losses``
+    (named up front by its ``auxiliary_loss_names``), each tracked as a metric.
     """
 
-    def __init__(self, config: TrainConfig, net: EmoClusterNet, **kwargs):
+    def __init__(self, config: TrainConfig, net: EmoClusterNet | ReconstructionNet, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.variant = config.variant
@@ -53,6 +57,7 @@ class DeepEmoCluster(keras.Model):
         names.append("ccc_loss")
         if self.variant.triplet:
             names.append("triplet")
+        names.extend(getattr(net, "auxiliary_loss_names", ()))
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def call(self, features, training=False):
@@ -104,6 +109,7 @@ class DeepEmoCluster(keras.Model):
                 outputs["embeddings"], window=self.config.triplet_window,
                 margin=self.config.triplet_margin, per_sentence=self.config.triplets_per_sentence,
                 generator=self.triplet_rng)
+        terms.update(outputs.get("auxiliary_losses", {}))
         return terms
 
     def _ccc_pairs(self, targets: tf.Tensor, outputs) -> tuple[tf.Tensor, tf.Tensor]:

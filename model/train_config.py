@@ -12,6 +12,9 @@ from typing import Any, Mapping
 from model.variants import get_variant
 from pipeline.params import ATTRIBUTES
 
+DEFAULT_LADDER_WEIGHTS: tuple[float, ...] = (1.0,) + (0.1,) * 7
+"""Ladder denoising cost weights: the input level, then the encoder's seven conv blocks."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -36,6 +39,10 @@ class TrainConfig:
     output_lr: float = 0.0005
     kmeans_iterations: int = 20
     ccc_level: str = "chunk"
+    reconstruction_weight: float = 1.0
+    kl_weight: float = 1.0
+    ladder_noise: float = 0.3
+    ladder_weights: tuple[float, ...] = DEFAULT_LADDER_WEIGHTS
 
     def __post_init__(self) -> None:
         get_variant(self.model)
@@ -54,6 +61,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.clusters < 2 and get_variant(self.model).clustering:
             raise ValueError("clusters must be >= 2 for a clustering model")
+        for name in ("reconstruction_weight", "kl_weight", "ladder_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if len(self.ladder_weights) != len(DEFAULT_LADDER_WEIGHTS) or min(self.ladder_weights) < 0:
+            raise ValueError(f"ladder_weights must be {len(DEFAULT_LADDER_WEIGHTS)} non-negative weights "
+                             f"(input level first), got {self.ladder_weights}")
 
     @property
     def variant(self):
@@ -61,12 +74,14 @@ class TrainConfig:
 
     @property
     def uses_unlabeled(self) -> bool:
-        """Stage I (Algorithm 1) runs only for clustering models in the SSL setting."""
-        return self.setting == "ssl" and self.variant.clustering
+        """Stage I (Algorithm 1) runs in the SSL setting for models with an unsupervised task:
+        clustering, or reconstruction for the AE, VAE and ladder baselines."""
+        return self.setting == "ssl" and (self.variant.clustering or self.variant.reconstruction is not None)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["attributes"] = list(self.attributes)
+        values["ladder_weights"] = list(self.ladder_weights)
         return values
 
     @classmethod
@@ -74,6 +89,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in values.items() if k in known}
         kwargs["attributes"] = tuple(kwargs.get("attributes", ("arousal",)))
+        kwargs["ladder_weights"] = tuple(kwargs.get("ladder_weights", DEFAULT_LADDER_WEIGHTS))
         return cls(**kwargs)
 
 

@@ -30,6 +30,7 @@ from model.export import export_saved_model
 from model.network import EmoClusterNet
 from model.predictions import predict_split
 from model.reclustering import ReclusterCallback, Reclusterer
+from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
 from model.train_config import TrainConfig
 from pipeline.metadata import Metadata
@@ -128,8 +129,10 @@ class Trainer:
     """Builds the model from the data's metadata and the config, then runs or resumes it."""
 
     def __init__(self, config: TrainConfig, data_dir: str, job: JobPaths, metadata: Metadata,
-                 log: Callable[[str], None] = print, verbose: int = 1):
+                 log: Callable[[str], None] = print, verbose: int = 1,
+                 report_metric: Callable[[float, int], None] | None = None):
         self.config = config
+        self.report_metric = report_metric  # (dev CCC mean, epoch) to hyperparameter tuning
         self.data_dir = data_dir
         self.job = job
         self.metadata = metadata
@@ -145,6 +148,9 @@ class Trainer:
             net = build_net(config, metadata)
             self.model = DeepEmoCluster(config, net)
             self.model.compile(jit_compile=config.jit_compile)
+            # The net is built above; under a tf.distribute strategy Keras would otherwise try
+            # to build the still-unbuilt wrapper by calling it on a whole batch dict.
+            self.model.built = True
         self.stages = self._build_stages()
         self.progress = Progress()
         self.checkpoint = tf.train.Checkpoint(
@@ -268,8 +274,10 @@ class Trainer:
         if stage.reclusterer is not None:
             callbacks.insert(0, ReclusterCallback(stage.reclusterer, len(self.stages) * epoch + self.stages.index(stage), stats))
         if self.verbose:
+            terms = [name for name in self.model.trackers
+                     if name != "loss" and (stage.supervised or name != "ccc_loss")]
             self.log(f"epoch {epoch + 1}/{self.config.epochs} stage {stage.name} "
-                     f"({'CE + (1 - CCC)' if stage.supervised else 'CE'} on {stage.sampler.source.count} sentences)")
+                     f"({' + '.join(terms)} on {stage.sampler.source.count} sentences)")
         start = time.perf_counter()
         history = self.model.fit(self._batches(stage, epoch), epochs=epoch + 1, initial_epoch=epoch,
                                  callbacks=callbacks, verbose=self.verbose, shuffle=False)
@@ -292,6 +300,8 @@ class Trainer:
         score = float(np.mean(list(dev.values())))
         row["dev_ccc_mean"] = score
         row["seconds_dev"] = time.perf_counter() - start
+        if self.report_metric is not None:
+            self.report_metric(score, epoch + 1)
         improved = score > self.progress.best_score
         if improved:
             self.progress.best_score, self.progress.best_epoch = score, epoch + 1
@@ -304,7 +314,7 @@ class Trainer:
                 if isinstance(value, float) and math.isfinite(value):
                     tf.summary.scalar(key, value)
         write_text(self.job.file("history.csv"), history_csv(self.progress.history))
-        self.log(_epoch_line(epoch + 1, self.config.epochs, row, improved))
+        self.log(_epoch_line(epoch + 1, self.config.epochs, row, improved, list(self.model.trackers)))
         stop = bool(self.config.patience) and self.progress.epochs_without_improvement >= self.config.patience
         self.progress.epoch, self.progress.stage, self.progress.row = epoch + 1, 0, {}
         old_best = self.progress.best_checkpoint
@@ -336,7 +346,7 @@ class Trainer:
             probe = batch["features"].numpy()
             break
         metrics["export"] = export_saved_model(self.model.net, self.metadata, self.attributes,
-                                               self.job.model_dir, probe)
+                                               self.job.model_dir, probe, self.data_dir)
         write_text(self.job.file("metrics.json"), json.dumps(metrics, indent=2))
         self.log(f"best epoch {metrics['best_epoch']}: " + "; ".join(
             f"{split} CCC " + ", ".join(f"{a} {v:.3f}" for a, v in metrics[split]["ccc"].items())
@@ -356,18 +366,23 @@ def variables_checkpoint(variables) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
 
 
-def build_net(config: TrainConfig, metadata: Metadata) -> EmoClusterNet:
+def build_net(config: TrainConfig, metadata: Metadata) -> EmoClusterNet | ReconstructionNet:
     """The network a run trains: its variant's parts, shaped by the data's feature settings."""
+    if config.variant.reconstruction:
+        return ReconstructionNet.for_params(
+            metadata.params, kind=config.variant.reconstruction, num_attributes=len(config.attributes),
+            encoder_dropout=config.variant.encoder_dropout, reconstruction_weight=config.reconstruction_weight,
+            kl_weight=config.kl_weight, ladder_noise=config.ladder_noise, ladder_weights=config.ladder_weights,
+            seed=config.seed)
     return EmoClusterNet.for_params(
         metadata.params, temporal=config.variant.temporal,
         num_clusters=config.clusters if config.variant.clustering else None,
         num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout)
 
 
-def _epoch_line(epoch: int, epochs: int, row: Mapping[str, Any], improved: bool) -> str:
+def _epoch_line(epoch: int, epochs: int, row: Mapping[str, Any], improved: bool, metrics: list[str]) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
-    for key in ("unlabeled_loss", "train_loss", "train_cluster_ce", "train_ccc_loss", "train_triplet",
-                "train_cluster_entropy", "train_nmi"):
+    for key in ("unlabeled_loss", *(f"train_{name}" for name in metrics), "train_cluster_entropy", "train_nmi"):
         if key in row and math.isfinite(row[key]):
             parts.append(f"{key} {row[key]:.4f}")
     parts.append("dev CCC " + " ".join(f"{k[8:]} {v:.3f}" for k, v in row.items()

@@ -23,6 +23,9 @@ class Variant:
       encoder_dropout: dropout after the encoder's Dense (the reference's Temp-Triplet
         model has none; its other models use 0.5).
       paper_name: how the paper's tables name it.
+      reconstruction: reconstruction-based SSL baseline (paper Sec. 4.3) trained with a
+        decoder instead of clustering: ``ae``, ``vae`` or ``ladder``; None for the
+        other models.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Variant:
     triplet: bool = False
     encoder_dropout: float = 0.5
     paper_name: str = ""
+    reconstruction: str | None = None
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -42,6 +46,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("temp-trans", "trans", True, "sentence", paper_name="Temp-Trans"),
     Variant("temp-triplet", "none", True, "sentence", triplet=True, encoder_dropout=0.0,
             paper_name="Temp-Triplet"),
+    Variant("ae", "none", False, "plain", paper_name="CNN-AE", reconstruction="ae"),
+    Variant("vae", "none", False, "plain", paper_name="CNN-VAE", reconstruction="vae"),
+    Variant("ladder", "none", False, "plain", paper_name="CNN-LadderNet", reconstruction="ladder"),
 )}
 
 

@@ -19,6 +19,7 @@ from pipeline.corpus import TRAIN, Corpus, CorpusError, Utterance, labelled_spli
 from pipeline.metadata import FILENAME as METADATA_FILE
 from pipeline.options import PreprocessOptions
 from pipeline.params import ATTRIBUTES
+from pipeline.probes import FILENAME as PROBES_FILE, WriteProbes
 from pipeline.stats import MeanStdFn
 from pipeline.transforms import (
     ERRORS_PREFIX,
@@ -35,7 +36,7 @@ from pipeline.transforms import (
 INPUTS_FILE = "inputs.jsonl"
 """Every input with its split and record index, staged by the driver for the workers."""
 
-_OUTPUT_PATTERNS = (METADATA_FILE, INPUTS_FILE, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}",
+_OUTPUT_PATTERNS = (METADATA_FILE, INPUTS_FILE, PROBES_FILE, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}",
                     f"*-*-of-*{records.FILE_SUFFIX}")
 _LOG = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
                      | "FeatureStats" >> FeatureStats(params))
     encoded = (pipeline | "ReadInputs" >> ReadUtterances(inputs)
                | "EncodeUtterances" >> EncodeUtterances(params, feature_stats))
+    (pipeline | "ReadProbeInputs" >> ReadUtterances(inputs)
+     | "Probes" >> WriteProbes(options.output, params, list(sizes), feature_stats))
     record_files = encoded.records | "WriteRecords" >> WriteSplits(options.output, list(sizes),
                                                                     options.num_shards)
     error_files = encoded.errors | "WriteErrors" >> WriteErrors(options.output)

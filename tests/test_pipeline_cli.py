@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import apache_beam as beam
-import pytest
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipeline.__main__ import main
 from pipeline.metadata import Metadata
@@ -78,9 +78,8 @@ def test_dataflow_graph_builds_and_translates_without_submitting(edge_corpus, tm
     assert len(rebuilt.to_runner_api().components.transforms) == len(proto.components.transforms)
 
 
-def test_dataflow_runner_translates_the_graph_in_a_dry_run(edge_corpus, tmp_path):
-    pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient",
-                        reason="the Dataflow translation needs apache-beam[gcp]")
+def test_dataflow_runner_translates_the_graph_in_a_dry_run(edge_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # --setup_file ./setup.py
     options = PreprocessOptions(DATAFLOW_FLAGS + ["--corpus", "csv", "--manifest", str(edge_corpus.manifest),
                                                   "--output", str(tmp_path / "out")])
     pipeline = beam.Pipeline(options=options)
@@ -88,3 +87,7 @@ def test_dataflow_runner_translates_the_graph_in_a_dry_run(edge_corpus, tmp_path
     translated = pipeline.run().job.proto_pipeline
     names = {t.unique_name for t in translated.components.transforms.values()}
     assert {"EncodeUtterances/Encode/ParDo(_Encode)", "FeatureStats/Mel", "WriteMetadata/Write"} <= names
+    (environment,) = translated.components.environments.values()
+    staged = {beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(a.role_payload).staged_name
+              for a in environment.dependencies}
+    assert "workflow.tar.gz" in staged  # the sdist of setup.py that every worker installs

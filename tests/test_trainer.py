@@ -60,7 +60,8 @@ def test_every_model_and_setting_trains_and_exports(tmp_path: Path, tiny_feature
     assert float(row["train_ccc_loss"]) > 0
     assert ("train_cluster_ce" in row) == VARIANTS[model].clustering
     assert ("train_triplet" in row) == VARIANTS[model].triplet
-    assert ("unlabeled_loss" in row) == (setting == "ssl" and VARIANTS[model].clustering)
+    unsupervised_task = VARIANTS[model].clustering or VARIANTS[model].reconstruction is not None
+    assert ("unlabeled_loss" in row) == (setting == "ssl" and unsupervised_task)
     loaded = tf.saved_model.load(str(job / "model"))
     assert set(loaded.signatures["serving_default"].structured_outputs) == {"valence"}
 
