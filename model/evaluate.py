@@ -1,0 +1,368 @@
+"""Evaluates trained jobs the paper's way and runs its analyses (Sec. 4.3, 5.1-5.3).
+
+    python -m model.evaluate --data-dir OUT --job-dir JOB [--split test] [--subsets 4] --output EVAL \
+        [--compare JOB2 ...] [--no-transition] [--no-tsne] [--no-probe]
+
+Writes into EVAL: ``metrics.json`` (scores, sub-set CCCs and the analyses of JOB, the
+same for every compared job under ``compared``), ``predictions.csv`` (every sentence of
+every job), ``tsne.csv`` (the t-SNE coordinates) and the PNG figures; prints a table.
+See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from model import analysis, plots
+from model.jobs import JobError, TrainedJob, load_job
+from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
+from model.predictions import SplitPredictions, predict_split
+from pipeline.params import ATTRIBUTES
+
+
+@dataclasses.dataclass
+class JobResult:
+    """One evaluated job: its JSON report plus the arrays the figures and CSVs need."""
+
+    job: TrainedJob
+    label: str
+    predictions: SplitPredictions
+    subsets: np.ndarray
+    report: dict[str, Any]
+    chunks: analysis.ChunkOutputs | None = None
+    assignments: np.ndarray | None = None
+    ratios: np.ndarray | None = None
+    tsne_points: np.ndarray | None = None
+    tsne_xy: np.ndarray | None = None
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def json_ready(value: Any) -> Any:
+    """Non-finite floats become null: strict JSON readers reject NaN."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def write_json(path: str, value: Any) -> None:
+    with open(path, "w") as handle:
+        json.dump(json_ready(value), handle, indent=2)
+        handle.write("\n")
+
+
+def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
+              batch_size: int = 64) -> tuple[SplitPredictions, np.ndarray, dict[str, Any]]:
+    """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
+    if split not in job.metadata.splits:
+        raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
+    net = job.net
+    predict = tf.function(lambda features: net(features, training=False)["predictions"])
+    predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size)
+    ids = subset_ids(predictions.indices, subsets, seed)
+    per_subset = subset_ccc(predictions, ids)
+    report = {
+        "split": split,
+        "sentences": int(len(predictions.indices)),
+        "attributes": list(predictions.attributes),
+        "scores": split_scores(predictions),
+        "subsets": {"count": subsets, "seed": seed, "sizes": np.bincount(ids, minlength=subsets).tolist(),
+                    "ccc": per_subset,
+                    "ccc_mean": {a: float(np.mean(v)) for a, v in per_subset.items()},
+                    "ccc_std": {a: sample_std(v) for a, v in per_subset.items()}},
+    }
+    return predictions, ids, report
+
+
+def job_description(job: TrainedJob) -> dict[str, Any]:
+    config = job.config
+    return {"job_dir": job.job_dir, "data_dir": job.data_dir, "model": config.model,
+            "paper_name": config.variant.paper_name or config.model, "setting": config.setting,
+            "seed": config.seed, "clusters": config.clusters if config.variant.clustering else None,
+            "best_epoch": job.best_epoch}
+
+
+def job_labels(jobs: Sequence[TrainedJob]) -> list[str]:
+    """'Temp-GRU (SSL)'; the job folder (or its whole path) is added where two jobs would read the same."""
+    labels = [f"{job.config.variant.paper_name or job.config.model} ({job.config.setting.upper()})" for job in jobs]
+    folders = [os.path.basename(job.job_dir.rstrip("/")) for job in jobs]
+    return [label if labels.count(label) == 1 else
+            f"{label} [{folder if folders.count(folder) == 1 else job.job_dir}]"
+            for label, folder, job in zip(labels, folders, jobs)]
+
+
+def clustering_basis(job: TrainedJob) -> tuple[str, int, str]:
+    """(output to cluster, Q, why): what training clusters, or h with Q = 10 without a cluster head."""
+    if job.config.variant.clustering:
+        return (analysis.CLUSTER_FEATURES, job.config.clusters,
+                f"K-means (Q={job.config.clusters}, the job's) on the cluster head's pre-activation features of "
+                "every chunk, the features training clusters")
+    return (analysis.EMBEDDINGS, analysis.NO_HEAD_CLUSTERS,
+            f"the model has no cluster head: K-means (Q={analysis.NO_HEAD_CLUSTERS}) on the encoder's chunk "
+            "embeddings h")
+
+
+def transition_report(result: JobResult, feature: str, clusters: int, basis: str, seed: int,
+                      iterations: int) -> dict[str, Any]:
+    ratios = result.ratios
+    chunks = result.assignments.shape[1]
+    return {"features": feature, "clusters": clusters, "seed": seed, "kmeans_iterations": iterations,
+            "basis": basis, "sentences": int(len(ratios)), "chunks": chunks,
+            "mean": float(ratios.mean()), "median": float(np.median(ratios)), "std": float(ratios.std()),
+            "distribution": analysis.ratio_distribution(ratios, chunks),
+            "per_sentence": dict(zip(result.chunks.utt_ids.tolist(), ratios.tolist()))}
+
+
+def run_analyses(result: JobResult, args: argparse.Namespace) -> None:
+    """Transition ratio, t-SNE and linear probe for one job, as the flags ask."""
+    job = result.job
+    feature, clusters, basis = clustering_basis(job)
+    names = sorted({analysis.EMBEDDINGS, feature})
+    start = time.perf_counter()
+    result.chunks = analysis.chunk_outputs(job.net, job.data_dir, args.split, job.metadata.params, names,
+                                           args.batch_size)
+    log(f"  chunk outputs of {len(result.chunks.indices)} {args.split} sentences "
+        f"({time.perf_counter() - start:.1f} s)")
+    if args.transition or args.tsne:
+        result.assignments = analysis.cluster_chunks(result.chunks.outputs[feature], clusters, args.seed,
+                                                     job.config.kmeans_iterations)
+        result.ratios = analysis.transition_ratios(result.assignments)
+    if args.transition:
+        result.report["transition_ratio"] = transition_report(result, feature, clusters, basis, args.seed,
+                                                              job.config.kmeans_iterations)
+        log(f"  transition ratio: mean {result.ratios.mean():.3f} (K-means, Q={clusters}, on {feature})")
+    if args.tsne:
+        start = time.perf_counter()
+        embeddings = result.chunks.outputs[analysis.EMBEDDINGS]
+        num, chunks, dim = embeddings.shape
+        result.tsne_points = analysis.subsample(num * chunks, args.tsne_max_points, args.seed)
+        result.tsne_xy = analysis.tsne_map(embeddings.reshape(num * chunks, dim)[result.tsne_points], args.seed)
+        levels = tsne_levels(result, args.tsne_attribute)
+        result.report["tsne"] = {
+            "features": analysis.EMBEDDINGS, "attribute": args.tsne_attribute, "points": int(len(result.tsne_points)),
+            "of_chunks": int(num * chunks), "clusters": clusters, "seed": args.seed,
+            "level_counts": {name: int(np.count_nonzero(levels == i)) for i, name in enumerate(analysis.LEVELS)}}
+        log(f"  t-SNE of {len(result.tsne_points)} chunk embeddings ({time.perf_counter() - start:.1f} s)")
+    if args.probe:
+        result.report["linear_probe"] = probe_report(result, args)
+
+
+def tsne_levels(result: JobResult, attribute: str) -> np.ndarray:
+    """Emotion level of each t-SNE point: its sentence's label (every chunk shares it, as the paper)."""
+    chunks = result.chunks.outputs[analysis.EMBEDDINGS].shape[1]
+    sentence_levels = analysis.emotion_levels(result.chunks.labels[:, ATTRIBUTES.index(attribute)])
+    return np.repeat(sentence_levels, chunks)[result.tsne_points]
+
+
+def probe_report(result: JobResult, args: argparse.Namespace) -> dict[str, Any]:
+    """Linear probe per attribute: trained on the train split's sentence embeddings, scored on ``split``."""
+    job = result.job
+    if "train" not in job.metadata.splits:
+        reason = f"{job.data_dir} has no train split to fit the probe on"
+        return {"skipped": reason, **{a: {"macro_f1": None, "accuracy": None, "skipped": reason} for a in ATTRIBUTES}}
+    start = time.perf_counter()
+    train = analysis.chunk_outputs(job.net, job.data_dir, "train", job.metadata.params, [analysis.EMBEDDINGS],
+                                   args.batch_size)
+    train_x = train.outputs[analysis.EMBEDDINGS].mean(axis=1)
+    test_x = result.chunks.outputs[analysis.EMBEDDINGS].mean(axis=1)
+    report: dict[str, Any] = {"features": "mean of the chunk embeddings h per sentence (frozen encoder)",
+                              "classifier": "logistic regression on standardised features",
+                              "train_split": "train", "train_sentences": int(len(train.indices))}
+    for i, attribute in enumerate(ATTRIBUTES):
+        report[attribute] = analysis.linear_probe(
+            train_x, analysis.emotion_levels(train.labels[:, i]), test_x,
+            analysis.emotion_levels(result.chunks.labels[:, i]), args.seed)
+    scores = ", ".join(f"{a} {number(report[a]['macro_f1'])}" if report[a]["macro_f1"] is not None else f"{a} -"
+                       for a in ATTRIBUTES)
+    log(f"  linear probe macro-F1: {scores} ({time.perf_counter() - start:.1f} s)")
+    return report
+
+
+def evaluate_jobs(args: argparse.Namespace) -> list[JobResult]:
+    jobs = []
+    for job_dir in [args.job_dir, *args.compare]:
+        log(f"loading {job_dir}")
+        jobs.append(load_job(job_dir, args.data_dir))
+    results = []
+    for job, label in zip(jobs, job_labels(jobs)):
+        start = time.perf_counter()
+        log(f"{label}: predicting the {args.split} split")
+        predictions, ids, report = score_job(job, args.split, args.subsets, args.seed, args.batch_size)
+        result = JobResult(job, label, predictions, ids, {**job_description(job), "label": label, **report})
+        if args.transition or args.tsne or args.probe:
+            run_analyses(result, args)
+        log(f"{label}: done in {time.perf_counter() - start:.1f} s")
+        results.append(result)
+    return results
+
+
+def draw_figures(results: Sequence[JobResult], args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure, all jobs on each; returns {figure: file name} for metrics.json."""
+    out = args.output
+    colours = plots.job_colours([r.job.config.model for r in results])
+    series = [plots.Series(r.label, colour) for r, colour in zip(results, colours)]
+    figures: dict[str, Any] = {"scatter": {}}
+    for attribute in results[0].predictions.attributes:
+        having = [i for i, r in enumerate(results) if attribute in r.predictions.attributes]
+        name = f"scatter_{attribute}.png"
+        plots.prediction_scatter(
+            os.path.join(out, name), attribute, args.split, [series[i] for i in having],
+            [results[i].predictions.truth(attribute) for i in having],
+            [results[i].predictions.predicted(attribute) for i in having],
+            [results[i].report["scores"][attribute]["ccc"] for i in having])
+        figures["scatter"][attribute] = name
+    if args.transition:
+        figures["transition_ratio"] = "transition_ratio.png"
+        plots.transition_histogram(
+            os.path.join(out, figures["transition_ratio"]), args.split, series,
+            [r.report["transition_ratio"]["distribution"] for r in results],
+            [r.report["transition_ratio"]["mean"] for r in results])
+    if args.tsne:
+        figures["tsne"] = "tsne.png"
+        plots.tsne_grid(os.path.join(out, figures["tsne"]), args.tsne_attribute, [r.label for r in results],
+                        [r.tsne_xy for r in results],
+                        [r.assignments.reshape(-1)[r.tsne_points] for r in results],
+                        [tsne_levels(r, args.tsne_attribute) for r in results])
+    if args.probe:
+        figures["linear_probe"] = "linear_probe.png"
+        plots.probe_bars(os.path.join(out, figures["linear_probe"]), args.split, series,
+                         [{a: r.report["linear_probe"][a]["macro_f1"] for a in ATTRIBUTES} for r in results])
+    return figures
+
+
+def write_predictions_csv(path: str, results: Sequence[JobResult]) -> None:
+    """One row per job and sentence: truth on all attributes, predictions, sub-set, transition ratio."""
+    columns = ["job", "label", "utt_id", "index", "subset", *[f"true_{a}" for a in ATTRIBUTES],
+               *[f"pred_{a}" for a in ATTRIBUTES], "transition_ratio"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in results:
+            p = r.predictions
+            ratios = {} if r.ratios is None else dict(zip(r.chunks.indices.tolist(), r.ratios.tolist()))
+            for row in range(len(p.indices)):
+                index = int(p.indices[row])
+                writer.writerow({
+                    "job": r.job.job_dir, "label": r.label, "utt_id": p.utt_ids[row], "index": index,
+                    "subset": int(r.subsets[row]),
+                    **{f"true_{a}": f"{p.truth(a)[row]:.6g}" for a in ATTRIBUTES},
+                    **{f"pred_{a}": f"{p.predicted(a)[row]:.6g}" for a in p.attributes},
+                    "transition_ratio": f"{ratios[index]:.6g}" if index in ratios else ""})
+
+
+def write_tsne_csv(path: str, results: Sequence[JobResult], attribute: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["job", "label", "utt_id", "chunk", "x", "y", "cluster", f"{attribute}_level"])
+        for r in results:
+            chunks = r.assignments.shape[1]
+            levels = tsne_levels(r, attribute)
+            for point, (x, y), level in zip(r.tsne_points, r.tsne_xy, levels):
+                sentence, chunk = divmod(int(point), chunks)
+                writer.writerow([r.job.job_dir, r.label, r.chunks.utt_ids[sentence], chunk, f"{x:.5g}", f"{y:.5g}",
+                                 int(r.assignments[sentence, chunk]), analysis.LEVELS[level]])
+
+
+def number(value: float) -> str:
+    """Three decimals, with no '-0.000' for values that round to zero."""
+    return f"{round(value, 3) + 0.0:.3f}" if math.isfinite(value) else "n/a"
+
+
+def summary_table(results: Sequence[JobResult]) -> str:
+    """The readable table printed at the end: scores per job and attribute, then the analyses."""
+    lines = []
+    for r in results:
+        report = r.report
+        subsets = report["subsets"]
+        lines.append(f"\n{r.label}  ({report['job_dir']}, best epoch {report['best_epoch']}, "
+                     f"{report['split']} split, {report['sentences']} sentences)")
+        lines.append(f"  {'attribute':<10} {'CCC':>7} {'r':>7} {'RMSE':>7}   "
+                     f"CCC on {subsets['count']} sub-sets (seed {subsets['seed']}): mean ± std")
+        for attribute in [*report["attributes"], "mean"]:
+            s = report["scores"][attribute]
+            spread = (f"{number(subsets['ccc_mean'][attribute])} ± {number(subsets['ccc_std'][attribute])}"
+                      if attribute in subsets["ccc_mean"] else "")
+            lines.append(f"  {attribute:<10} {number(s['ccc']):>7} {number(s['pearson']):>7} {number(s['rmse']):>7}"
+                         f"   {spread}".rstrip())
+        if "transition_ratio" in report:
+            t = report["transition_ratio"]
+            lines.append(f"  transition ratio: mean {number(t['mean'])}, median {number(t['median'])} "
+                         f"(Q={t['clusters']} on {t['features']})")
+        if "linear_probe" in report:
+            lines.append("  linear probe macro-F1: " + ", ".join(
+                f"{a} " + ("-" if report["linear_probe"][a]["macro_f1"] is None
+                           else number(report["linear_probe"][a]["macro_f1"])) for a in ATTRIBUTES))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m model.evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Score a trained job on a split (CCC, Pearson r, RMSE, sub-set CCCs) and run the paper's "
+                    "analyses: temporal consistency, t-SNE of the chunk embeddings, linear probe.")
+    parser.add_argument("--data-dir", required=True, help="pipeline output the job was trained on")
+    parser.add_argument("--job-dir", required=True, help="a finished trainer.py job")
+    parser.add_argument("--output", required=True, help="local folder for metrics.json, CSVs and PNGs")
+    parser.add_argument("--split", default="test", help="split to evaluate")
+    parser.add_argument("--subsets", type=int, default=4, help="random sub-sets of the split (the paper: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sub-sets, K-means, t-SNE and the probe")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="JOB",
+                        help="further jobs, evaluated the same way and drawn on the same figures")
+    parser.add_argument("--no-transition", dest="transition", action="store_false",
+                        help="skip the temporal-consistency analysis (transition ratio)")
+    parser.add_argument("--no-tsne", dest="tsne", action="store_false", help="skip the t-SNE figure")
+    parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the linear probe")
+    parser.add_argument("--tsne-attribute", choices=ATTRIBUTES, default="arousal",
+                        help="attribute whose level (low/middle/high) colours the t-SNE")
+    parser.add_argument("--tsne-max-points", type=int, default=2000,
+                        help="chunks drawn at random for the t-SNE (t-SNE is quadratic-ish in points)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per inference batch")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.subsets < 1 or args.tsne_max_points < 4:
+        print("model.evaluate: error: --subsets must be >= 1 and --tsne-max-points >= 4", file=sys.stderr)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+    try:
+        results = evaluate_jobs(args)
+    except (JobError, ValueError, FileNotFoundError) as error:
+        print(f"model.evaluate: error: {error}", file=sys.stderr)
+        return 2
+    figures = draw_figures(results, args)
+    write_predictions_csv(os.path.join(args.output, "predictions.csv"), results)
+    if args.tsne:
+        write_tsne_csv(os.path.join(args.output, "tsne.csv"), results, args.tsne_attribute)
+    main_result, *compared = results
+    write_json(os.path.join(args.output, "metrics.json"),
+               {**main_result.report, "figures": figures, "compared": [r.report for r in compared]})
+    print(summary_table(results))
+    pngs = [*figures["scatter"].values(), *(v for k, v in figures.items() if k != "scatter")]
+    print(f"\nwritten to {args.output}: metrics.json, predictions.csv{', tsne.csv' if args.tsne else ''}, "
+          + ", ".join(pngs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
