@@ -16,7 +16,7 @@ import platform
 import sys
 from typing import Sequence
 
-from model.train_config import TrainConfig, parse_attributes
+from model.train_config import PRECISIONS, TrainConfig, parse_attributes
 from model.variants import VARIANTS
 
 CONFIG_FILE = "config.json"
@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--triplet-margin", type=float, default=defaults.triplet_margin, help="delta of Eq. 6")
     parser.add_argument("--triplets-per-sentence", type=int, default=defaults.triplets_per_sentence)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="XLA-compile the training step (for GPUs: about 6x slower on CPU, docs/performance.md)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                        help="mixed_bfloat16: the encoder's conv blocks in bfloat16 (float32 variables); "
+                             "about 2x less CPU time per step on AVX-512 BF16 CPUs (docs/performance.md)")
     parser.add_argument("--distribute", choices=("none", "mirrored", "multiworker"), default=defaults.distribute)
     parser.add_argument("--ccc-level", choices=("chunk", "sentence"), default=defaults.ccc_level,
                         help="CCC loss over chunk predictions (reference) or sentence means")
@@ -86,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         unlabeled_count=args.unlabeled_count, triplet_weight=args.triplet_weight,
         triplet_window=args.triplet_window, triplet_margin=args.triplet_margin,
         triplets_per_sentence=args.triplets_per_sentence, seed=args.seed, jit_compile=args.jit_compile,
+        precision=args.precision,
         distribute=args.distribute, encoder_lr=args.encoder_lr, output_lr=args.output_lr,
         kmeans_iterations=args.kmeans_iterations, ccc_level=args.ccc_level,
         reconstruction_weight=args.reconstruction_weight, kl_weight=args.kl_weight, ladder_noise=args.ladder_noise,

@@ -59,6 +59,9 @@ class DeepEmoCluster(keras.Model):
             names.append("triplet")
         names.extend(getattr(net, "auxiliary_loss_names", ()))
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        # The net's variables exist (the optimizers were built on them); without this, Keras
+        # under a tf.distribute strategy would build the wrapper by calling it on a batch dict.
+        self.built = True
 
     def call(self, features, training=False):
         return self.net(features, training=training)

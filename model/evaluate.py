@@ -22,12 +22,11 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from model import analysis, plots
 from model.jobs import JobError, TrainedJob, load_job
 from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
-from model.predictions import SplitPredictions, predict_split
+from model.predictions import SplitPredictions, inference_function, predict_split
 from pipeline.params import ATTRIBUTES
 
 
@@ -75,8 +74,7 @@ def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
     """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
     if split not in job.metadata.splits:
         raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
-    net = job.net
-    predict = tf.function(lambda features: net(features, training=False)["predictions"])
+    predict = inference_function(job.net)
     predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size)
     ids = subset_ids(predictions.indices, subsets, seed)
     per_subset = subset_ccc(predictions, ids)
@@ -314,9 +312,16 @@ def summary_table(results: Sequence[JobResult]) -> str:
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for on/off flags, where "(default: True)" on ``--no-tsne`` misleads."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m model.evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m model.evaluate", formatter_class=_HelpFormatter,
         description="Score a trained job on a split (CCC, Pearson r, RMSE, sub-set CCCs) and run the paper's "
                     "analyses: temporal consistency, t-SNE of the chunk embeddings, linear probe.")
     parser.add_argument("--data-dir", required=True, help="pipeline output the job was trained on")

@@ -19,8 +19,32 @@ from model.temporal import build_temporal_net
 from pipeline.params import FeatureParams
 
 
+class ChunkNet:
+    """What every network over chunked features shares (a mix-in for ``keras.Model``s):
+    construction from the pipeline's ``FeatureParams`` and the paper's two optimiser
+    groups, the VGG ``encoder`` (SGD lr 0.001) and the ``output_parts`` (Adam lr 0.0005)."""
+
+    encoder: VGGChunkEncoder
+
+    @classmethod
+    def for_params(cls, params: FeatureParams, **kwargs: Any) -> Any:
+        """The network for features produced with ``params`` (C, m and n_mels from there)."""
+        c, m, n_mels = params.feature_shape
+        return cls(c, m, n_mels, **kwargs)
+
+    def output_parts(self) -> list[keras.Layer | None]:
+        """The layers after the encoder (None for an absent part)."""
+        raise NotImplementedError
+
+    def encoder_variables(self) -> list[keras.Variable]:
+        return list(self.encoder.trainable_variables)
+
+    def output_variables(self) -> list[keras.Variable]:
+        return [v for part in self.output_parts() if part is not None for v in part.trainable_variables]
+
+
 @keras.saving.register_keras_serializable(package="deepemocluster")
-class EmoClusterNet(keras.Model):
+class EmoClusterNet(ChunkNet, keras.Model):
     """[B, C, m, n_mels] chunked features -> dict of per-chunk and sentence outputs.
 
     Args:
@@ -32,6 +56,9 @@ class EmoClusterNet(keras.Model):
       encoder_dropout: dropout after the encoder's Dense (0.5 in the reference's
         temporal-net models; its Temp-Triplet model has none).
       units: width of the chunk embeddings and of both heads' hidden layers.
+      precision: ``float32`` (the reference) or ``mixed_bfloat16``: the encoder's conv
+        blocks in bfloat16 with float32 variables (``VGGChunkEncoder``); the rest is
+        float32 either way.
 
     ``call`` returns ``embeddings`` h [B, C, units] (encoder output, for the triplet
     loss), ``hidden`` z [B, C, units] (temporal net output, equal to h for ``none``),
@@ -42,7 +69,8 @@ class EmoClusterNet(keras.Model):
 
     def __init__(self, num_chunks: int, chunk_frames: int, n_mels: int, temporal: str = "none",
                  num_clusters: int | None = 10, num_attributes: int = 1, encoder_dropout: float = 0.5,
-                 units: int = 256, name: str | None = None, **kwargs: Any) -> None:
+                 units: int = 256, precision: str = "float32", name: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         self.num_chunks = num_chunks
         self.chunk_frames = chunk_frames
@@ -51,17 +79,12 @@ class EmoClusterNet(keras.Model):
         self.num_attributes = num_attributes
         self.encoder_dropout = encoder_dropout
         self.units = units
-        self.encoder = VGGChunkEncoder(units, encoder_dropout, name="encoder")
+        self.precision = precision
+        self.encoder = VGGChunkEncoder(units, encoder_dropout, dtype=precision, name="encoder")
         self.temporal = build_temporal_net(temporal, units)
         self.cluster_head = ClusterHead(num_clusters, units, name="cluster_head") if num_clusters else None
         self.emotion_head = EmotionHead(num_attributes, units, name="emotion_head")
         self.build((None, num_chunks, chunk_frames, n_mels))
-
-    @classmethod
-    def for_params(cls, params: FeatureParams, **kwargs: Any) -> "EmoClusterNet":
-        """The model for features produced with ``params`` (C, m and n_mels from there)."""
-        c, m, n_mels = params.feature_shape
-        return cls(c, m, n_mels, **kwargs)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         embedding_shape = (input_shape[0], input_shape[1], self.units)
@@ -90,14 +113,9 @@ class EmoClusterNet(keras.Model):
         """Current Q (it follows ``cluster_head.reset_classifier``), None without a head."""
         return None if self.cluster_head is None else self.cluster_head.num_clusters
 
-    def encoder_variables(self) -> list[keras.Variable]:
-        """Trainable variables of the VGG encoder (SGD lr 0.001 in the paper)."""
-        return list(self.encoder.trainable_variables)
-
-    def output_variables(self) -> list[keras.Variable]:
-        """Trainable variables of the temporal net and both heads (Adam lr 0.0005 in the paper)."""
-        parts = [self.temporal, self.cluster_head, self.emotion_head]
-        return [v for part in parts if part is not None for v in part.trainable_variables]
+    def output_parts(self) -> list[keras.Layer | None]:
+        """The temporal net and both heads."""
+        return [self.temporal, self.cluster_head, self.emotion_head]
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -105,4 +123,5 @@ class EmoClusterNet(keras.Model):
             "num_chunks": self.num_chunks, "chunk_frames": self.chunk_frames, "n_mels": self.n_mels,
             "temporal": self.temporal_kind, "num_clusters": self.num_clusters,
             "num_attributes": self.num_attributes, "encoder_dropout": self.encoder_dropout, "units": self.units,
+            "precision": self.precision,
         }

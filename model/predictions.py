@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,6 +20,20 @@ from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 
 PREDICT_KEYS = ("features", "labels", "has_labels", "index", "utt_id")
+
+
+def inference_function(net: keras.Model, output: str = "predictions",
+                       jit_compile: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A compiled inference-mode call of ``net`` returning one of its outputs.
+
+    A named function rather than a lambda: autograph re-parses a lambda's source line and
+    warns when it cannot isolate it.
+    """
+
+    def infer(features: tf.Tensor) -> tf.Tensor:
+        return net(features, training=False)[output]
+
+    return tf.function(infer, jit_compile=jit_compile)
 
 
 @dataclasses.dataclass(frozen=True)

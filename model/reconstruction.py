@@ -20,8 +20,8 @@ from keras import ops
 from model.decoder import VGGChunkDecoder, level_shapes
 from model.encoder import BN_EPSILON, VGGChunkEncoder, dense_initializer
 from model.heads import EmotionHead
+from model.network import ChunkNet
 from model.train_config import DEFAULT_LADDER_WEIGHTS
-from pipeline.params import FeatureParams
 
 AE, VAE, LADDER = "ae", "vae", "ladder"
 LOSS_NAMES: dict[str, tuple[str, ...]] = {AE: ("reconstruction",), VAE: ("reconstruction", "kl"),
@@ -65,7 +65,7 @@ def batch_normalise(x: Any) -> Any:
 
 
 @keras.saving.register_keras_serializable(package="deepemocluster")
-class ReconstructionNet(keras.Model):
+class ReconstructionNet(ChunkNet, keras.Model):
     """[B, C, m, n_mels] chunked features -> the ``EmoClusterNet`` output dict, plus losses when training.
 
     Args:
@@ -127,12 +127,6 @@ class ReconstructionNet(keras.Model):
         self.emotion_head = EmotionHead(num_attributes, units, name="emotion_head")
         self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
         self.build((None, num_chunks, chunk_frames, n_mels))
-
-    @classmethod
-    def for_params(cls, params: FeatureParams, **kwargs: Any) -> "ReconstructionNet":
-        """The network for features produced with ``params`` (C, m and n_mels from there)."""
-        c, m, n_mels = params.feature_shape
-        return cls(c, m, n_mels, **kwargs)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         embedding_shape = (input_shape[0], input_shape[1], self.units)
@@ -228,14 +222,9 @@ class ReconstructionNet(keras.Model):
     def _corrupt(self, x: Any) -> Any:
         return x + self.ladder_noise * keras.random.normal(tf.shape(x), seed=self.noise_seed)
 
-    def encoder_variables(self) -> list[keras.Variable]:
-        """Trainable variables of the VGG encoder (SGD, as every model's encoder)."""
-        return list(self.encoder.trainable_variables)
-
-    def output_variables(self) -> list[keras.Variable]:
-        """Trainable variables of the latent, the decoder and the emotion head (Adam)."""
-        parts = [self.latent, self.decoder, self.emotion_head]
-        return [v for part in parts if part is not None for v in part.trainable_variables]
+    def output_parts(self) -> list[keras.Layer | None]:
+        """The latent, the decoder and the emotion head."""
+        return [self.latent, self.decoder, self.emotion_head]
 
     def get_config(self) -> dict[str, Any]:
         return {

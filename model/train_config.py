@@ -12,6 +12,9 @@ from typing import Any, Mapping
 from model.variants import get_variant
 from pipeline.params import ATTRIBUTES
 
+PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
+"""float32 as the reference; mixed_bfloat16 runs the encoder's conv blocks in bfloat16."""
+
 DEFAULT_LADDER_WEIGHTS: tuple[float, ...] = (1.0,) + (0.1,) * 7
 """Ladder denoising cost weights: the input level, then the encoder's seven conv blocks."""
 
@@ -34,6 +37,7 @@ class TrainConfig:
     triplets_per_sentence: int = 10
     seed: int = 0
     jit_compile: bool = False
+    precision: str = "float32"
     distribute: str = "none"
     encoder_lr: float = 0.001
     output_lr: float = 0.0005
@@ -53,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"attributes must be a non-empty subset of {ATTRIBUTES}, got {self.attributes}")
         if self.ccc_level not in ("chunk", "sentence"):
             raise ValueError(f"ccc_level must be chunk or sentence, got {self.ccc_level!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision != "float32" and get_variant(self.model).reconstruction:
+            raise ValueError(f"precision {self.precision} is not available for the reconstruction baselines")
         if self.distribute not in ("none", "mirrored", "multiworker"):
             raise ValueError(f"distribute must be none, mirrored or multiworker, got {self.distribute!r}")
         for name in ("clusters", "epochs", "batch_size", "triplet_window", "triplets_per_sentence",

@@ -28,7 +28,7 @@ from model.data import SplitSource, inference_batches
 from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
 from model.export import export_saved_model
 from model.network import EmoClusterNet
-from model.predictions import predict_split
+from model.predictions import inference_function, predict_split
 from model.reclustering import ReclusterCallback, Reclusterer
 from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
@@ -148,9 +148,6 @@ class Trainer:
             net = build_net(config, metadata)
             self.model = DeepEmoCluster(config, net)
             self.model.compile(jit_compile=config.jit_compile)
-            # The net is built above; under a tf.distribute strategy Keras would otherwise try
-            # to build the still-unbuilt wrapper by calling it on a whole batch dict.
-            self.model.built = True
         self.stages = self._build_stages()
         self.progress = Progress()
         self.checkpoint = tf.train.Checkpoint(
@@ -162,8 +159,7 @@ class Trainer:
             **{f"{stage.name}_sampler_epochs": stage.sampler.epochs_started for stage in self.stages},
             **{f"{stage.name}_assignments": stage.sampler.assignments.labels
                for stage in self.stages if stage.reclusterer is not None})
-        self._predict = tf.function(lambda features: net(features, training=False)["predictions"],
-                                    jit_compile=config.jit_compile)
+        self._predict = inference_function(net, "predictions", config.jit_compile)
 
     def _build_stages(self) -> list[Stage]:
         stages = []
@@ -183,9 +179,7 @@ class Trainer:
         sampler = sampler_class(source)
         reclusterer = None
         if variant.clustering:
-            net = self.model.net
-            embed = tf.function(lambda features: net(features, training=False)["cluster_features"],
-                                jit_compile=self.config.jit_compile)
+            embed = inference_function(self.model.net, "cluster_features", self.config.jit_compile)
             reclusterer = Reclusterer(
                 name=split, embed_fn=embed, batches=lambda: self._embedding_batches(split, subset),
                 sampler=sampler, num_clusters=self.config.clusters,
@@ -377,7 +371,8 @@ def build_net(config: TrainConfig, metadata: Metadata) -> EmoClusterNet | Recons
     return EmoClusterNet.for_params(
         metadata.params, temporal=config.variant.temporal,
         num_clusters=config.clusters if config.variant.clustering else None,
-        num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout)
+        num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout,
+        precision=config.precision)
 
 
 def _epoch_line(epoch: int, epochs: int, row: Mapping[str, Any], improved: bool, metrics: list[str]) -> str:
