@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from model.deep_cluster import DeepEmoCluster  # noqa: E402
 from model.kmeans import kmeans  # noqa: E402
-from model.predictions import inference_function  # noqa: E402
+from model.predictions import inference_function, output_of  # noqa: E402
 from model.reclustering import embed_batches  # noqa: E402
 from model.train_config import PRECISIONS, TrainConfig  # noqa: E402
 from model.training import build_net  # noqa: E402
@@ -96,7 +96,7 @@ def reclustering(model: DeepEmoCluster, config: TrainConfig, features: tf.Tensor
                  train_sentences_per_s: float) -> dict[str, float]:
     """Times ``Reclusterer.run``'s two parts on ``sentences`` sentences: embedding and K-means."""
     batch_size = config.batch_size
-    embed = inference_function(model.net, "cluster_features", config.jit_compile)
+    embed = output_of(inference_function(model.net, config.jit_compile), "cluster_features")
     sentence_batch = features[:batch_size] if features.shape[1] > 1 else tf.reshape(
         features, (batch_size, -1, *features.shape[2:]))
     batches = -(-sentences // batch_size)
@@ -165,7 +165,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
         lambda: float(train_function(iterator)["loss"]), args.warmup, args.steps)
     step = statistics.median(step_seconds)
 
-    infer = inference_function(model.net, "predictions", args.jit_compile)
+    infer = output_of(inference_function(model.net, args.jit_compile), "predictions")
     infer_seconds, _, _ = time_calls(lambda: infer(batch["features"]).numpy(), 1, args.inference_steps)
     result = {
         "benchmark": "train_step",

@@ -26,7 +26,7 @@ import numpy as np
 from model import analysis, plots
 from model.jobs import JobError, TrainedJob, load_job
 from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
-from model.predictions import SplitPredictions, inference_function, predict_split
+from model.predictions import SplitPredictions, inference_function, output_of, predict_split
 from pipeline.params import ATTRIBUTES
 
 
@@ -74,7 +74,7 @@ def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
     """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
     if split not in job.metadata.splits:
         raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
-    predict = inference_function(job.net)
+    predict = output_of(inference_function(job.net), "predictions")
     predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size)
     ids = subset_ids(predictions.indices, subsets, seed)
     per_subset = subset_ccc(predictions, ids)

@@ -22,18 +22,28 @@ from pipeline.params import ATTRIBUTES
 PREDICT_KEYS = ("features", "labels", "has_labels", "index", "utt_id")
 
 
-def inference_function(net: keras.Model, output: str = "predictions",
-                       jit_compile: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A compiled inference-mode call of ``net`` returning one of its outputs.
+def inference_function(net: keras.Model, jit_compile: bool = False) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """``net``'s inference-mode call, compiled once per net.
 
-    A named function rather than a lambda: autograph re-parses a lambda's source line and
-    warns when it cannot isolate it.
+    One function serves every output (predictions for scoring, cluster features for
+    K-means), and ``reduce_retracing`` makes the smaller last batch of a split give one
+    batch-size-generic graph rather than a graph per size. A named function rather than a
+    lambda: autograph re-parses a lambda's source line and warns when it cannot isolate it.
     """
 
-    def infer(features: tf.Tensor) -> tf.Tensor:
-        return net(features, training=False)[output]
+    def infer(features: tf.Tensor) -> dict[str, tf.Tensor]:
+        return net(features, training=False)
 
-    return tf.function(infer, jit_compile=jit_compile)
+    return tf.function(infer, jit_compile=jit_compile, reduce_retracing=True)
+
+
+def output_of(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], output: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """One output of an ``inference_function``."""
+
+    def select(features: tf.Tensor) -> tf.Tensor:
+        return infer(features)[output]
+
+    return select
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from model.data import SplitSource, inference_batches
 from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
 from model.export import export_saved_model
 from model.network import EmoClusterNet
-from model.predictions import inference_function, predict_split
+from model.predictions import inference_function, output_of, predict_split
 from model.reclustering import ReclusterCallback, Reclusterer
 from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
@@ -125,6 +125,15 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StageProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar without its "Epoch e/e" header: each stage is one ``fit`` over one
+    epoch, and the trainer prints its own "epoch e/E stage S" line."""
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        super().set_params(params)
+        self.epochs = 1
+
+
 class Trainer:
     """Builds the model from the data's metadata and the config, then runs or resumes it."""
 
@@ -148,6 +157,8 @@ class Trainer:
             net = build_net(config, metadata)
             self.model = DeepEmoCluster(config, net)
             self.model.compile(jit_compile=config.jit_compile)
+        self._infer = inference_function(net, config.jit_compile)
+        self._predict = output_of(self._infer, "predictions")
         self.stages = self._build_stages()
         self.progress = Progress()
         self.checkpoint = tf.train.Checkpoint(
@@ -159,7 +170,6 @@ class Trainer:
             **{f"{stage.name}_sampler_epochs": stage.sampler.epochs_started for stage in self.stages},
             **{f"{stage.name}_assignments": stage.sampler.assignments.labels
                for stage in self.stages if stage.reclusterer is not None})
-        self._predict = inference_function(net, "predictions", config.jit_compile)
 
     def _build_stages(self) -> list[Stage]:
         stages = []
@@ -179,7 +189,7 @@ class Trainer:
         sampler = sampler_class(source)
         reclusterer = None
         if variant.clustering:
-            embed = inference_function(self.model.net, "cluster_features", self.config.jit_compile)
+            embed = output_of(self._infer, "cluster_features")
             reclusterer = Reclusterer(
                 name=split, embed_fn=embed, batches=lambda: self._embedding_batches(split, subset),
                 sampler=sampler, num_clusters=self.config.clusters,
@@ -268,6 +278,7 @@ class Trainer:
         if stage.reclusterer is not None:
             callbacks.insert(0, ReclusterCallback(stage.reclusterer, len(self.stages) * epoch + self.stages.index(stage), stats))
         if self.verbose:
+            callbacks.append(StageProgressBar())
             terms = [name for name in self.model.trackers
                      if name != "loss" and (stage.supervised or name != "ccc_loss")]
             self.log(f"epoch {epoch + 1}/{self.config.epochs} stage {stage.name} "
