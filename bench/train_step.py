@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,8 +68,8 @@ def random_batch(config: TrainConfig, params: FeatureParams, seed: int) -> dict[
 
 
 def build_model(config: TrainConfig, params: FeatureParams) -> DeepEmoCluster:
-    """The trainer's model, compiled as ``model.training.Trainer`` does (build_net reads only ``params``)."""
-    model = DeepEmoCluster(config, build_net(config, types.SimpleNamespace(params=params)))
+    """The trainer's model, compiled as ``model.training.Trainer`` does."""
+    model = DeepEmoCluster(config, build_net(config, params))
     model.compile(jit_compile=config.jit_compile)
     return model
 

@@ -50,6 +50,6 @@ def load_job(job_dir: str, data_dir: str | None = None) -> TrainedJob:
     config = TrainConfig.from_dict(record["config"])
     data_dir = data_dir or record["data_dir"]
     metadata = Metadata.load(data_dir)
-    net = build_net(config, metadata)
+    net = build_net(config, metadata.params)
     tf.train.Checkpoint(net=variables_checkpoint(net.variables)).restore(checkpoint_in(paths.checkpoint_dir, state["best_checkpoint"])).expect_partial()
     return TrainedJob(job_dir, config, metadata, data_dir, net, int(state["best_epoch"]))

@@ -34,7 +34,7 @@ from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
 from model.train_config import TrainConfig
 from pipeline.metadata import Metadata
-from pipeline.params import ATTRIBUTES
+from pipeline.params import ATTRIBUTES, FeatureParams
 
 TRAIN, DEV, TEST, UNLABELED = "train", "dev", "test", "unlabeled"
 STATE_FILE = "state.json"
@@ -154,7 +154,7 @@ class Trainer:
         # with (0, 0), which fails for the per-epoch tensor seeds of model.sampling.
         tf.random.set_seed(config.seed + 1)
         with self.strategy.scope():
-            net = build_net(config, metadata)
+            net = build_net(config, metadata.params)
             self.model = DeepEmoCluster(config, net)
             self.model.compile(jit_compile=config.jit_compile)
         self._infer = inference_function(net, config.jit_compile)
@@ -371,16 +371,16 @@ def variables_checkpoint(variables) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
 
 
-def build_net(config: TrainConfig, metadata: Metadata) -> EmoClusterNet | ReconstructionNet:
+def build_net(config: TrainConfig, params: FeatureParams) -> EmoClusterNet | ReconstructionNet:
     """The network a run trains: its variant's parts, shaped by the data's feature settings."""
     if config.variant.reconstruction:
         return ReconstructionNet.for_params(
-            metadata.params, kind=config.variant.reconstruction, num_attributes=len(config.attributes),
+            params, kind=config.variant.reconstruction, num_attributes=len(config.attributes),
             encoder_dropout=config.variant.encoder_dropout, reconstruction_weight=config.reconstruction_weight,
             kl_weight=config.kl_weight, ladder_noise=config.ladder_noise, ladder_weights=config.ladder_weights,
             seed=config.seed)
     return EmoClusterNet.for_params(
-        metadata.params, temporal=config.variant.temporal,
+        params, temporal=config.variant.temporal,
         num_clusters=config.clusters if config.variant.clustering else None,
         num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout,
         precision=config.precision)

@@ -183,7 +183,7 @@ def test_a_single_attribute_model_serves_only_that_attribute(tiny_features: Path
                                                              tmp_path: Path) -> None:
     job = load_job(str(trained_job))
     config = dataclasses.replace(job.config, attributes=("valence",))
-    net = build_net(config, job.metadata)
+    net = build_net(config, job.metadata.params)
     net(np.zeros((1, *SMALL_SHAPE), np.float32))
     export_saved_model(net, job.metadata, config.attributes, str(tmp_path / "model"),
                        record_features(tiny_features, "dev", job.metadata)[:2], str(tiny_features))

@@ -112,7 +112,7 @@ def test_files_and_folders_mix_and_attributes_the_model_lacks_stay_empty(
         trained_job: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     job = load_job(str(trained_job))
     config = dataclasses.replace(job.config, attributes=("valence",))
-    net = build_net(config, job.metadata)
+    net = build_net(config, job.metadata.params)
     net(np.zeros((1, *job.metadata.params.feature_shape), np.float32))
     module = EmotionServing(net, job.metadata, config.attributes)
     tf.saved_model.save(module, str(tmp_path / "valence"), signatures={

@@ -32,8 +32,9 @@ def run_step(title: str, command: list[str]) -> None:
     print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    if subprocess.run(command, cwd=ROOT, env=env).returncode != 0:
-        sys.exit(f"demo step '{title}' failed")
+    status = subprocess.run(command, cwd=ROOT, env=env).returncode
+    if status != 0:
+        sys.exit(f"demo step '{title}' failed with exit status {status}")
     print(f"=== {title}: done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -42,15 +43,17 @@ def python(*args: str) -> list[str]:
 
 
 def results_table(output: Path) -> str:
-    """Dev and test CCC per attribute of every trained model (1..7 scale)."""
-    lines = ["| model | setting | best epoch | split | arousal | valence | dominance | mean |",
-             "|---|---|---|---|---|---|---|---|"]
-    for model, setting in MODELS:
-        metrics = json.loads((output / "jobs" / f"{model}-{setting}" / "metrics.json").read_text())
+    """Dev and test CCC per trained attribute of every model (1..7 scale), from its metrics.json."""
+    jobs = [(model, setting, json.loads((output / "jobs" / f"{model}-{setting}" / "metrics.json").read_text()))
+            for model, setting in MODELS]
+    attributes = jobs[0][2]["attributes"]
+    lines = ["| model | setting | best epoch | split | " + " | ".join(attributes) + " | mean |",
+             "|---|---|---|---|" + "---|" * (len(attributes) + 1)]
+    for model, setting, metrics in jobs:
         for split in ("dev", "test"):
             ccc = metrics[split]["ccc"]
             lines.append(f"| {model} | {setting} | {metrics['best_epoch']} | {split} | "
-                         + " | ".join(f"{ccc[a]:.3f}" for a in ("arousal", "valence", "dominance"))
+                         + " | ".join(f"{ccc[a]:.3f}" for a in attributes)
                          + f" | {metrics[split]['ccc_mean']:.3f} |")
     return "\n".join(lines)
 
