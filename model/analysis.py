@@ -14,7 +14,7 @@ wires them to a job and ``model.plots`` draws them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -48,20 +48,15 @@ class ChunkOutputs:
     outputs: dict[str, np.ndarray]
 
 
-def chunk_outputs(net, data_dir: str, split: str, params: FeatureParams, names: Sequence[str],
-                  batch_size: int = 64) -> ChunkOutputs:
-    """Runs the network over a split (inference mode) and keeps the per-chunk outputs ``names``."""
-
-    @tf.function
-    def run(features: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = net(features, training=False)
-        return {name: outputs[name] for name in names}
-
+def chunk_outputs(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], data_dir: str, split: str,
+                  params: FeatureParams, names: Sequence[str], batch_size: int = 64) -> ChunkOutputs:
+    """Runs a network's ``inference_function`` over a split and keeps the per-chunk outputs ``names``."""
     indices, utt_ids, labels = [], [], []
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in inference_batches(data_dir, split, params, batch_size, keys=("features", "labels", "index", "utt_id")):
-        for name, value in run(batch["features"]).items():
-            collected[name].append(value.numpy())
+        outputs = infer(batch["features"])
+        for name in names:
+            collected[name].append(outputs[name].numpy())
         indices.append(batch["index"].numpy())
         utt_ids.append(batch["utt_id"].numpy().astype(str))
         labels.append(batch["labels"].numpy())

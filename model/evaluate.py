@@ -26,7 +26,7 @@ import numpy as np
 from model import analysis, plots
 from model.jobs import JobError, TrainedJob, load_job
 from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
-from model.predictions import SplitPredictions, inference_function, output_of, predict_split
+from model.predictions import SplitPredictions, output_of, predict_split
 from pipeline.params import ATTRIBUTES
 
 
@@ -74,7 +74,7 @@ def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
     """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
     if split not in job.metadata.splits:
         raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
-    predict = output_of(inference_function(job.net), "predictions")
+    predict = output_of(job.infer, "predictions")
     predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size)
     ids = subset_ids(predictions.indices, subsets, seed)
     per_subset = subset_ccc(predictions, ids)
@@ -136,7 +136,7 @@ def run_analyses(result: JobResult, args: argparse.Namespace) -> None:
     feature, clusters, basis = clustering_basis(job)
     names = sorted({analysis.EMBEDDINGS, feature})
     start = time.perf_counter()
-    result.chunks = analysis.chunk_outputs(job.net, job.data_dir, args.split, job.metadata.params, names,
+    result.chunks = analysis.chunk_outputs(job.infer, job.data_dir, args.split, job.metadata.params, names,
                                            args.batch_size)
     log(f"  chunk outputs of {len(result.chunks.indices)} {args.split} sentences "
         f"({time.perf_counter() - start:.1f} s)")
@@ -178,7 +178,7 @@ def probe_report(result: JobResult, args: argparse.Namespace) -> dict[str, Any]:
         reason = f"{job.data_dir} has no train split to fit the probe on"
         return {"skipped": reason, **{a: {"macro_f1": None, "accuracy": None, "skipped": reason} for a in ATTRIBUTES}}
     start = time.perf_counter()
-    train = analysis.chunk_outputs(job.net, job.data_dir, "train", job.metadata.params, [analysis.EMBEDDINGS],
+    train = analysis.chunk_outputs(job.infer, job.data_dir, "train", job.metadata.params, [analysis.EMBEDDINGS],
                                    args.batch_size)
     train_x = train.outputs[analysis.EMBEDDINGS].mean(axis=1)
     test_x = result.chunks.outputs[analysis.EMBEDDINGS].mean(axis=1)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+from typing import Callable
 
 import tensorflow as tf
 
 from model.network import EmoClusterNet
+from model.predictions import inference_function
 from model.train_config import TrainConfig
 from model.training import STATE_FILE, JobPaths, build_net, checkpoint_in, variables_checkpoint
 from pipeline.metadata import Metadata
@@ -31,6 +33,9 @@ class TrainedJob:
     data_dir: str
     net: EmoClusterNet
     best_epoch: int
+    infer: Callable[[tf.Tensor], dict[str, tf.Tensor]]
+    """``net``'s compiled inference call (``model.predictions.inference_function``), shared by
+    every analysis of the job so that it is traced once."""
 
 
 def load_job(job_dir: str, data_dir: str | None = None) -> TrainedJob:
@@ -52,4 +57,4 @@ def load_job(job_dir: str, data_dir: str | None = None) -> TrainedJob:
     metadata = Metadata.load(data_dir)
     net = build_net(config, metadata.params)
     tf.train.Checkpoint(net=variables_checkpoint(net.variables)).restore(checkpoint_in(paths.checkpoint_dir, state["best_checkpoint"])).expect_partial()
-    return TrainedJob(job_dir, config, metadata, data_dir, net, int(state["best_epoch"]))
+    return TrainedJob(job_dir, config, metadata, data_dir, net, int(state["best_epoch"]), inference_function(net))
