@@ -14,6 +14,8 @@ WORKER_REQUIREMENTS = [
     "soundfile==0.14.0",
     "soxr==1.1.0",
     "numpy==2.4.6",
+    "scipy==1.17.1",
+    "isal==1.9.1",
     "threadpoolctl==3.8.0",
 ]
 

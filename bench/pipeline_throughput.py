@@ -4,12 +4,14 @@ Measures, over the same audio files:
   * a bare loop: soundfile load (+ resample when needed) + librosa melspectrogram with
     the reference arguments, nothing else, on one core (BLAS limited to one thread,
     as the pipeline's workers are);
-  * ``python -m pipeline`` with ``--direct_num_workers`` 1 and 2 (multi_processing), on a
-    small corpus and one ``--scale`` times larger: wall time, audio-seconds per
-    wall-second, peak RSS of the whole process tree, bytes per stored utterance;
-  * the statistics pass alone (decode + mel of the train split + CombineFn), the price
-    of never holding the corpus's spectrograms in memory;
-  * where the time of one utterance goes, stage by stage, in this process.
+  * ``python -m pipeline`` with 1 worker in the DirectRunner's default in_memory mode
+    (what a plain ``python -m pipeline`` runs) and with ``--direct_num_workers`` 1 and 2
+    in multi_processing mode, on a small corpus and one ``--scale`` times larger: wall
+    time, audio-seconds per wall-second, peak RSS of the whole process tree, bytes per
+    stored utterance. The bare loop is timed again right before each configuration, so
+    each ratio compares times taken minutes apart on a shared machine, not tens of minutes;
+  * where the time of one utterance goes, stage by stage, in this process, and the
+    pipeline's cost per file modelled from it.
 The marginal rate, (audio_large - audio_small) / (wall_large - wall_small), removes the
 fixed start-up cost (importing TensorFlow in every worker, staging), which dominates
 small runs. The corpus is built from ``data/demo`` (files copied under new names,
@@ -33,24 +35,27 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile
 import threadpoolctl
+from isal import isal_zlib
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import records  # noqa: E402
+from pipeline import records, spill  # noqa: E402
 from pipeline.audio import decode_audio  # noqa: E402
-from pipeline.corpus import read_csv_manifest  # noqa: E402
+from pipeline.corpus import Utterance, read_csv_manifest  # noqa: E402
 from pipeline.features import mel_to_chunks, waveform_to_mel  # noqa: E402
 from pipeline.params import FeatureParams  # noqa: E402
+from pipeline.sinks import DEFAULT_GZIP_LEVEL  # noqa: E402
 
 DEMO = REPO / "data" / "demo"
+SPILL_UTTERANCE = Utterance(utt_id="utt_00000", path="/data/audio/utt_00000.ogg", split="train", speaker="spk",
+                            labels=(4.0, 4.0, 4.0), index=0)
 
 
 def demo_sources() -> list[tuple[Path, str]]:
@@ -116,13 +121,15 @@ def bare_loop(paths: list[str], params: FeatureParams) -> float:
         return time.perf_counter() - start
 
 
-STEPS = ("read", "decode", "mel", "normalise_chunk", "encode", "gzip")
+STEPS = ("read", "decode", "mel", "spill", "normalise_chunk", "encode", "gzip")
 
 
 def step_seconds(path: str, params: FeatureParams, mean: np.ndarray, std: np.ndarray) -> list[float]:
-    """Seconds of each of ``STEPS`` for one file, as the writing pass does them.
+    """Seconds of each of ``STEPS`` for one file, as the pipeline does them.
 
-    ``gzip`` is zlib at the default level with a gzip header, what Beam's GZIP sink does.
+    ``spill`` packs and unpacks the (utterance, mel) record that hands a train mel from
+    the statistics pass to the writing pass (in memory: the file I/O is not included);
+    ``gzip`` is ISA-L at the pipeline's default level with a gzip header, as the sink does.
     """
     marks = [time.perf_counter()]
     data = Path(path).read_bytes()
@@ -131,12 +138,14 @@ def step_seconds(path: str, params: FeatureParams, mean: np.ndarray, std: np.nda
     marks.append(time.perf_counter())
     mel = waveform_to_mel(waveform, params)
     marks.append(time.perf_counter())
+    spill.unpack(spill.pack((SPILL_UTTERANCE, mel)))
+    marks.append(time.perf_counter())
     chunks = mel_to_chunks(mel, mean, std, params)
     marks.append(time.perf_counter())
     payload = records.encode(utt_id="u", speaker="s", split="train", index=0, features=chunks, labels=None,
                              num_frames=mel.shape[0], params=params)
     marks.append(time.perf_counter())
-    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    compressor = isal_zlib.compressobj(DEFAULT_GZIP_LEVEL, isal_zlib.DEFLATED, isal_zlib.MAX_WBITS | 16)
     compressor.compress(payload)
     compressor.flush()
     marks.append(time.perf_counter())
@@ -209,26 +218,16 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return wall, peak, stdout
 
 
-def pipeline_command(manifest: Path, output: Path, workers: int) -> list[str]:
+def pipeline_command(manifest: Path, output: Path, workers: int, mode: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", "--corpus", "csv", "--manifest", str(manifest),
-            "--output", str(output), "--direct_num_workers", str(workers),
-            "--direct_running_mode", "multi_processing"]
+            "--output", str(output), "--direct_num_workers", str(workers), "--direct_running_mode", mode]
 
 
-STATS_ONLY = """
-import sys
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
-from pipeline.params import FeatureParams
-from pipeline.run import stage_inputs
-from pipeline.corpus import read_corpus
-from pipeline.transforms import FeatureStats, ReadUtterances
-manifest, output = sys.argv[1:3]
-path = stage_inputs(read_corpus("csv", manifest=manifest).utterances, output)
-options = PipelineOptions(["--direct_num_workers", "1", "--direct_running_mode", "multi_processing"])
-with beam.Pipeline(options=options) as p:
-    p | ReadUtterances(path) | FeatureStats(FeatureParams()) | beam.Map(lambda m: print("frames", m.count))
-"""
+def configurations(workers: list[int]) -> list[tuple[int, str]]:
+    """(workers, running mode): one worker in both modes, more in multi_processing only
+    (in_memory runs its workers as threads, which share one interpreter lock)."""
+    return [(n, mode) for n in workers for mode in (("in_memory", "multi_processing") if n == 1
+                                                   else ("multi_processing",))]
 
 
 def record_bytes(output: Path) -> tuple[int, int]:
@@ -253,29 +252,25 @@ def main() -> None:
         results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.node()}",
                          "source": "data/demo" if demo_sources() else "synthetic", "runs": []}
         bare = {}
+        paths = {}
         for name, manifest in corpora.items():
             utterances = read_csv_manifest(str(manifest))
-            paths = [u.path for u in utterances]
-            seconds = audio_seconds(paths)
+            paths[name] = [u.path for u in utterances]
             train = [u.path for u in utterances if u.split == "train"]
-            bare[name] = {"files": len(paths), "audio_s": seconds, "train_fraction": len(train) / len(paths),
-                          "bare_wall_s": bare_loop(paths, params)}
-            bare[name]["bare_rate"] = seconds / bare[name]["bare_wall_s"]
+            bare[name] = {"files": len(paths[name]), "audio_s": audio_seconds(paths[name]),
+                          "train_fraction": len(train) / len(paths[name])}
         results["bare"] = bare
-        results["steps_ms_per_file"] = stage_costs([u.path for u in read_csv_manifest(str(corpora["small"]))],
-                                                   params)
-        for workers in args.workers:
+        results["steps_ms_per_file"] = stage_costs(paths["small"], params)
+        for workers, mode in configurations(args.workers):
+            bare_wall = bare_loop(paths["large"], params)
             for name, manifest in corpora.items():
-                output = work / f"out_{name}_{workers}"
-                wall, rss, _ = run_measured(pipeline_command(manifest, output, workers))
+                output = work / f"out_{name}_{workers}_{mode}"
+                wall, rss, _ = run_measured(pipeline_command(manifest, output, workers, mode))
                 size, written = record_bytes(output)
                 results["runs"].append({
-                    "corpus": name, "workers": workers, "files": bare[name]["files"], "wall_s": wall,
-                    "rate": bare[name]["audio_s"] / wall, "ratio_vs_bare": bare[name]["audio_s"] / wall
-                    / bare[name]["bare_rate"], "peak_rss_mb": rss / 2**20, "bytes_per_utt": size / written})
-        stats_wall, _, _ = run_measured([sys.executable, "-c", STATS_ONLY, str(corpora["large"]),
-                                         str(work / "stats_only")])
-        results["stats_pass_large_1_worker_wall_s"] = stats_wall
+                    "corpus": name, "workers": workers, "mode": mode, "files": bare[name]["files"],
+                    "wall_s": wall, "rate": bare[name]["audio_s"] / wall, "peak_rss_mb": rss / 2**20,
+                    "bytes_per_utt": size / written, "bare_rate": bare["large"]["audio_s"] / bare_wall})
         report(results, bare)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -284,36 +279,32 @@ def main() -> None:
 def report(results: dict, bare: dict) -> None:
     print(f"machine: {results['machine']}; audio: {results['source']}")
     for name, b in bare.items():
-        print(f"{name}: {b['files']} files, {b['audio_s']:.0f} s audio, train {b['train_fraction']:.0%}; "
-              f"bare loop {b['bare_wall_s']:.1f} s = {b['bare_rate']:.0f} audio-s/s")
+        print(f"{name}: {b['files']} files, {b['audio_s']:.0f} s audio, train {b['train_fraction']:.0%}")
     steps = results["steps_ms_per_file"]
     print("per file, ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in steps.items()))
     train = bare["large"]["train_fraction"]
-    modelled = (steps["read"] + steps["decode"] + steps["mel"]) * (1 + train) + steps["normalise_chunk"] \
+    modelled = steps["read"] + steps["decode"] + steps["mel"] + steps["spill"] * train + steps["normalise_chunk"] \
         + steps["encode"] + steps["gzip"]
     results["modelled_ms_per_file"] = modelled
-    bare_ms = 1000 * bare["large"]["bare_wall_s"] / bare["large"]["files"]
-    print(f"modelled pipeline work per file: {modelled:.2f} ms (read + decode + mel x {1 + train:.2f} for the "
-          f"statistics pass, + chunk + encode + gzip) vs bare loop {bare_ms:.2f} ms")
-    print(f"{'corpus':<7}{'workers':>8}{'wall s':>9}{'audio-s/s':>11}{'x bare':>8}{'peak RSS MB':>13}"
-          f"{'bytes/utt':>11}")
+    print(f"modelled pipeline work per file: {modelled:.2f} ms (read + decode + mel + spill x {train:.2f} "
+          f"+ chunk + encode + gzip)")
+    print(f"{'corpus':<7}{'workers':>8} {'mode':<17}{'wall s':>8}{'audio-s/s':>11}{'bare a-s/s':>12}"
+          f"{'peak RSS MB':>13}{'bytes/utt':>11}")
     for r in results["runs"]:
-        print(f"{r['corpus']:<7}{r['workers']:>8}{r['wall_s']:>9.1f}{r['rate']:>11.0f}{r['ratio_vs_bare']:>8.2f}"
-              f"{r['peak_rss_mb']:>13.0f}{r['bytes_per_utt']:>11.0f}")
+        print(f"{r['corpus']:<7}{r['workers']:>8} {r['mode']:<17}{r['wall_s']:>8.1f}{r['rate']:>11.0f}"
+              f"{r['bare_rate']:>12.0f}{r['peak_rss_mb']:>13.0f}{r['bytes_per_utt']:>11.0f}")
     marginal = {}
-    for workers in sorted({r["workers"] for r in results["runs"]}):
-        small, large = (next(r for r in results["runs"] if r["workers"] == workers and r["corpus"] == c)
+    for workers, mode in dict.fromkeys((r["workers"], r["mode"]) for r in results["runs"]):
+        small, large = (next(r for r in results["runs"] if (r["workers"], r["mode"], r["corpus"]) == (workers, mode, c))
                         for c in ("small", "large"))
         rate = (bare["large"]["audio_s"] - bare["small"]["audio_s"]) / (large["wall_s"] - small["wall_s"])
-        marginal[workers] = {"rate": rate, "ratio_vs_bare": rate / bare["large"]["bare_rate"],
-                             "per_worker_ratio": rate / bare["large"]["bare_rate"] / workers,
-                             "rss_growth": large["peak_rss_mb"] / small["peak_rss_mb"]}
-        print(f"marginal, {workers} worker(s): {rate:.0f} audio-s/s = {marginal[workers]['ratio_vs_bare']:.2f}x "
-              f"bare ({marginal[workers]['per_worker_ratio']:.2f}x per worker); peak RSS large/small "
-              f"{marginal[workers]['rss_growth']:.2f}")
-    one = next(r for r in results["runs"] if r["workers"] == 1 and r["corpus"] == "large")
-    print(f"statistics pass alone (large, 1 worker): {results['stats_pass_large_1_worker_wall_s']:.1f} s "
-          f"of the full run's {one['wall_s']:.1f} s")
+        key = f"{workers} {mode}"
+        marginal[key] = {"rate": rate, "bare_rate": large["bare_rate"], "ratio_vs_bare": rate / large["bare_rate"],
+                         "per_worker_ratio": rate / large["bare_rate"] / workers,
+                         "rss_growth": large["peak_rss_mb"] / small["peak_rss_mb"]}
+        print(f"marginal, {workers} worker(s), {mode}: {rate:.0f} audio-s/s = {marginal[key]['ratio_vs_bare']:.2f}x "
+              f"the bare loop's {large['bare_rate']:.0f} ({marginal[key]['per_worker_ratio']:.2f}x per worker); "
+              f"peak RSS large/small {marginal[key]['rss_growth']:.2f}")
     results["marginal"] = marginal
     print(json.dumps(results, sort_keys=True))
 

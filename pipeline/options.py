@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.corpus import CORPUS_KINDS, CSV, MSP_PODCAST
 from pipeline.params import CHUNK_SHIFTS, PAD_MODES, SHORT_RULES, STORAGE_DTYPES, FeatureParams
+from pipeline.sinks import DEFAULT_GZIP_LEVEL, GZIP_LEVELS
 
 _DEFAULTS = FeatureParams()
 _FEATURE_FLAGS = ("max_seconds", "chunk_seconds", "chunk_shift", "short_rule", "pad_mode", "storage_dtype")
@@ -81,6 +82,9 @@ class PreprocessOptions(PipelineOptions):
         _flag(parser, "output", help="output folder (local or gs://) for records, errors and metadata.json")
         _flag(parser, "num-shards", type=int, default=0,
               help="record files per split; 0 (default) lets the runner choose and streams")
+        _flag(parser, "gzip-level", type=int, default=DEFAULT_GZIP_LEVEL,
+              help=f"ISA-L compression level of the record files, 0 (fastest) to 3 (smallest, about "
+                   f"zlib's 6); default {DEFAULT_GZIP_LEVEL}. The records are the same at any level")
         _flag(parser, "max-seconds", type=float, help=f"T_max of paper Eq. 2 ({_default('max_seconds')})")
         _flag(parser, "chunk-seconds", type=float, help=f"chunk length w_c ({_default('chunk_seconds')})")
         _flag(parser, "chunk-shift", choices=CHUNK_SHIFTS,
@@ -120,6 +124,8 @@ class PreprocessOptions(PipelineOptions):
                 raise OptionsError("--unlabeled-count needs --unlabeled GLOB")
             if self.unlabeled_count < 1:
                 raise OptionsError("--unlabeled-count must be at least 1")
+        if self.gzip_level not in GZIP_LEVELS:
+            raise OptionsError(f"--gzip-level must be 0..3 (ISA-L levels), got {self.gzip_level}")
         if self.num_shards < 0:
             raise OptionsError("--num-shards must be 0 (runner decides) or positive")
         try:

@@ -21,22 +21,29 @@ from pipeline.options import PreprocessOptions
 from pipeline.params import ATTRIBUTES
 from pipeline.probes import FILENAME as PROBES_FILE, WriteProbes
 from pipeline.stats import MeanStdFn
+from pipeline.spill import FOLDER as SPILL_FOLDER, RemoveSpill, SpillMels
 from pipeline.transforms import (
+    ERRORS,
     ERRORS_PREFIX,
     ERRORS_SUFFIX,
     CountOutcomes,
+    DecodeUtterances,
     EncodeUtterances,
     FeatureStats,
     ReadUtterances,
     WriteErrors,
     WriteMetadata,
-    WriteSplits,
+    WriteRecords,
+    is_not_train,
+    is_train,
 )
 
+OTHER_SPLITS = "other_splits"
+"""The encoding path of every split but train (decoded in the writing pass)."""
 INPUTS_FILE = "inputs.jsonl"
 """Every input with its split and record index, staged by the driver for the workers."""
 
-_OUTPUT_PATTERNS = (METADATA_FILE, INPUTS_FILE, PROBES_FILE, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}",
+_OUTPUT_PATTERNS = (METADATA_FILE, INPUTS_FILE, PROBES_FILE, SPILL_FOLDER, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}",
                     f"*-*-of-*{records.FILE_SUFFIX}")
 _LOG = logging.getLogger(__name__)
 
@@ -91,21 +98,33 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
     inputs = stage_inputs(corpus.utterances, options.output)
     # Each pass reads the input list itself, so it streams from the file instead of
     # waiting on a buffered PCollection shared with the other pass.
-    feature_stats = (pipeline | "ReadTrainInputs" >> ReadUtterances(inputs)
-                     | "FeatureStats" >> FeatureStats(params))
-    encoded = (pipeline | "ReadInputs" >> ReadUtterances(inputs)
-               | "EncodeUtterances" >> EncodeUtterances(params, feature_stats))
+    train = (pipeline | "ReadTrainInputs" >> ReadUtterances(inputs)
+             | "TrainOnly" >> beam.Filter(is_train)
+             | "DecodeTrain" >> DecodeUtterances(params))
+    feature_stats = train.mels | "FeatureStats" >> FeatureStats(params)
+    spilled_mels, spill_files = train.mels | "SpillTrainMels" >> SpillMels(options.output)
+    others = (pipeline | "ReadInputs" >> ReadUtterances(inputs)
+              | "OtherSplits" >> beam.Filter(is_not_train))
+    encoded = {TRAIN: spilled_mels | "EncodeTrain" >> EncodeUtterances(params, feature_stats, decode=False),
+               OTHER_SPLITS: others | "EncodeOtherSplits" >> EncodeUtterances(params, feature_stats, decode=True)}
+    errors = (train[ERRORS], encoded[OTHER_SPLITS][ERRORS]) | "AllErrors" >> beam.Flatten()
     (pipeline | "ReadProbeInputs" >> ReadUtterances(inputs)
      | "Probes" >> WriteProbes(options.output, params, list(sizes), feature_stats))
-    record_files = encoded.records | "WriteRecords" >> WriteSplits(options.output, list(sizes),
-                                                                    options.num_shards)
-    error_files = encoded.errors | "WriteErrors" >> WriteErrors(options.output)
-    label_stats = encoded.train_labels | "LabelStats" >> beam.CombineGlobally(MeanStdFn(len(ATTRIBUTES)))
-    counts = {"records": encoded.records, "errors": encoded.errors} | "CountOutcomes" >> CountOutcomes()
+    record_files = ({name: outputs.records for name, outputs in encoded.items()}
+                    | "WriteRecords" >> WriteRecords(
+                        options.output, {TRAIN: [TRAIN], OTHER_SPLITS: [s for s in sizes if s != TRAIN]},
+                        options.num_shards, options.gzip_level))
+    error_files = errors | "WriteErrors" >> WriteErrors(options.output)
+    label_stats = (encoded[TRAIN][EncodeUtterances.TRAIN_LABELS]
+                   | "LabelStats" >> beam.CombineGlobally(MeanStdFn(len(ATTRIBUTES))))
+    counts = ({ERRORS: errors, **{name: outputs.records for name, outputs in encoded.items()}}
+              | "CountOutcomes" >> CountOutcomes())
     files = (record_files, error_files) | "OutputFiles" >> beam.Flatten()
-    ({"feature_stats": feature_stats, "label_stats": label_stats, "counts": counts, "files": files}
+    spill_removed = spill_files | "RemoveSpill" >> RemoveSpill(options.output, after=record_files)
+    ({"feature_stats": feature_stats, "label_stats": label_stats, "counts": counts, "files": files,
+      "spill_files": spill_removed}
      | "WriteMetadata" >> WriteMetadata(options.output, params, sizes, labelled_splits(corpus.utterances),
-                                        source))
+                                        {**source, "gzip_level": options.gzip_level}))
 
 
 def run(options: PreprocessOptions) -> PipelineResult:

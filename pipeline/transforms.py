@@ -1,11 +1,11 @@
 """The composite PTransforms of the preprocessing graph.
 
-The graph makes two passes over the inputs instead of keeping every mel spectrogram
-until the train statistics are known: ``FeatureStats`` decodes the train split and
-combines its frames; ``EncodeUtterances`` decodes every split again and normalises
-with those statistics as a side input. Each element is decoded, chunked and encoded
-inside one DoFn call, so memory stays flat in corpus size on any runner, at the cost
-of decoding the train audio twice.
+The records need the train statistics, so the graph has two passes without ever holding
+the corpus's spectrograms in memory: ``DecodeUtterances`` turns the train split into
+(utterance, mel) pairs, which ``FeatureStats`` combines and ``spill.SpillMels`` writes to
+temporary files; ``EncodeUtterances`` then normalises those pairs, read back, and
+decodes and normalises every other split, with the statistics as a side input. Every
+audio file is decoded once, and memory stays flat in corpus size on any runner.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
@@ -28,11 +27,13 @@ from pipeline.extract import Rejected, utterance_mel
 from pipeline.features import mel_to_chunks
 from pipeline.metadata import LabelStats, Metadata, SplitInfo
 from pipeline.params import ATTRIBUTES, FeatureParams
+from pipeline.sinks import DEFAULT_GZIP_LEVEL, WriteGzipTFRecords
 from pipeline.stats import MeanStdFn, Moments
 
 METRICS_NAMESPACE = "pipeline"
 ERRORS_PREFIX = "errors"
 ERRORS_SUFFIX = ".jsonl"
+ERRORS = "errors"
 WRITTEN = "written"
 REJECTED = "rejected"
 PROGRESS_SECONDS = 30.0
@@ -41,7 +42,13 @@ _LOG = logging.getLogger(__name__)
 
 
 class ReadUtterances(beam.PTransform):
-    """The staged ``inputs.jsonl`` (one ``Utterance`` per line) as a PCollection."""
+    """The staged ``inputs.jsonl`` (one ``Utterance`` per line) as a PCollection.
+
+    The list is small (one short JSON line per input) and read as one split, so it is
+    reshuffled: otherwise the runner fuses all the decoding that follows into the one
+    bundle that read it, and a second worker gets nothing to do (measured: 2 workers
+    were slower than 1 on the DirectRunner).
+    """
 
     def __init__(self, path: str):
         super().__init__()
@@ -50,40 +57,16 @@ class ReadUtterances(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (pbegin
                 | "ReadLines" >> beam.io.ReadFromText(self._path)
+                | "Distribute" >> beam.Reshuffle()
                 | "Parse" >> beam.Map(Utterance.from_json))
-
-
-class _TrainMels(beam.DoFn):
-    """Mel spectrograms of the accepted train utterances (rejections are counted later)."""
-
-    def __init__(self, params: FeatureParams):
-        super().__init__()
-        self._params = params
-
-    def process(self, utterance: Utterance) -> Iterator[np.ndarray]:
-        try:
-            mel = utterance_mel(utterance, self._params)
-        except Rejected:
-            return
-        yield mel
 
 
 def is_train(utterance: Utterance) -> bool:
     return utterance.split == TRAIN
 
 
-class FeatureStats(beam.PTransform):
-    """Per-mel-bin ``Moments`` over every frame of every accepted train utterance."""
-
-    def __init__(self, params: FeatureParams):
-        super().__init__()
-        self._params = params
-
-    def expand(self, utterances: beam.PCollection) -> beam.PCollection:
-        return (utterances
-                | "TrainOnly" >> beam.Filter(is_train)
-                | "Mel" >> beam.ParDo(_TrainMels(self._params))
-                | "MeanStd" >> beam.CombineGlobally(MeanStdFn(self._params.n_mels)))
+def is_not_train(utterance: Utterance) -> bool:
+    return utterance.split != TRAIN
 
 
 def error_record(utterance: Utterance, reason: str) -> dict:
@@ -92,38 +75,14 @@ def error_record(utterance: Utterance, reason: str) -> dict:
             "index": utterance.index, "reason": reason}
 
 
-class _Encode(beam.DoFn):
-    """Utterance -> (split, serialised Example), or an error record on the dead letter."""
+class _OutcomeCounter:
+    """Beam counters ``<split>_written`` / ``<split>_rejected`` and a progress line every 30 s."""
 
-    def __init__(self, params: FeatureParams):
-        super().__init__()
-        self._params = params
-
-    def setup(self) -> None:
+    def __init__(self) -> None:
         self._done = {WRITTEN: 0, REJECTED: 0}
         self._last_report = time.monotonic()
 
-    def process(self, utterance: Utterance, stats: Moments) -> Iterator:
-        if stats.count == 0:
-            raise ValueError("no train-split audio could be decoded, so the features cannot be "
-                             "normalised; every train input is rejected or the train split is empty")
-        try:
-            mel = utterance_mel(utterance, self._params)
-        except Rejected as rejected:
-            self._count(utterance.split, REJECTED)
-            yield TaggedOutput(EncodeUtterances.ERRORS, error_record(utterance, rejected.reason))
-            return
-        payload = records.encode(
-            utt_id=utterance.utt_id, speaker=utterance.speaker, split=utterance.split,
-            index=utterance.index, features=mel_to_chunks(mel, stats.mean, stats.std, self._params),
-            labels=None if utterance.labels is None else np.asarray(utterance.labels, np.float32),
-            num_frames=mel.shape[0], params=self._params)
-        self._count(utterance.split, WRITTEN)
-        if utterance.split == TRAIN and utterance.labels is not None:
-            yield TaggedOutput(EncodeUtterances.TRAIN_LABELS, np.asarray(utterance.labels, np.float64))
-        yield utterance.split, payload
-
-    def _count(self, split: str, outcome: str) -> None:
+    def count(self, split: str, outcome: str) -> None:
         Metrics.counter(METRICS_NAMESPACE, f"{split}_{outcome}").inc()
         self._done[outcome] += 1
         now = time.monotonic()
@@ -133,25 +92,114 @@ class _Encode(beam.DoFn):
                       self._done[WRITTEN], self._done[REJECTED])
 
 
-class EncodeUtterances(beam.PTransform):
-    """Every split: decode, mel, normalise with the train stats, chunk, encode.
+class _Decode(beam.DoFn):
+    """Utterance -> (utterance, mel), or an error record on the dead letter."""
 
-    Returns a DoFnOutputsTuple: main output (split, payload) pairs, ``errors``
-    (error records) and ``train_labels`` (label vectors of written train utterances).
-    """
-
-    ERRORS = "errors"
-    TRAIN_LABELS = "train_labels"
-
-    def __init__(self, params: FeatureParams, feature_stats: beam.PCollection):
+    def __init__(self, params: FeatureParams):
         super().__init__()
         self._params = params
-        self._feature_stats = feature_stats
+
+    def setup(self) -> None:
+        self._counter = _OutcomeCounter()
+
+    def process(self, utterance: Utterance) -> Iterator:
+        try:
+            yield utterance, utterance_mel(utterance, self._params)
+        except Rejected as rejected:
+            self._counter.count(utterance.split, REJECTED)
+            yield TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+
+
+class DecodeUtterances(beam.PTransform):
+    """Utterances -> DoOutputsTuple: ``mels`` ((utterance, mel) pairs) and ``errors``."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self._params = params
 
     def expand(self, utterances: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return utterances | "Encode" >> beam.ParDo(
-            _Encode(self._params), stats=AsSingleton(self._feature_stats)
-        ).with_outputs(self.ERRORS, self.TRAIN_LABELS, main="records")
+        return utterances | "Decode" >> beam.ParDo(_Decode(self._params)).with_outputs(ERRORS, main="mels")
+
+
+def _frames(pair: tuple[Utterance, np.ndarray]) -> np.ndarray:
+    return pair[1]
+
+
+class FeatureStats(beam.PTransform):
+    """Per-mel-bin ``Moments`` over every frame of (utterance, mel) pairs."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self._params = params
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        return (pairs
+                | "Frames" >> beam.Map(_frames)
+                | "MeanStd" >> beam.CombineGlobally(MeanStdFn(self._params.n_mels)))
+
+
+class _Encode(beam.DoFn):
+    """(utterance, mel) -> (split, serialised Example), normalised with the train stats."""
+
+    def __init__(self, params: FeatureParams):
+        super().__init__()
+        self._params = params
+
+    def setup(self) -> None:
+        self._counter = _OutcomeCounter()
+
+    def process(self, pair: tuple[Utterance, np.ndarray], stats: Moments) -> Iterator:
+        yield from self._encode(*pair, stats)
+
+    def _encode(self, utterance: Utterance, mel: np.ndarray, stats: Moments) -> Iterator:
+        if stats.count == 0:
+            raise ValueError("no train-split audio could be decoded, so the features cannot be "
+                             "normalised; every train input is rejected or the train split is empty")
+        payload = records.encode(
+            utt_id=utterance.utt_id, speaker=utterance.speaker, split=utterance.split,
+            index=utterance.index, features=mel_to_chunks(mel, stats.mean, stats.std, self._params),
+            labels=None if utterance.labels is None else np.asarray(utterance.labels, np.float32),
+            num_frames=mel.shape[0], params=self._params)
+        self._counter.count(utterance.split, WRITTEN)
+        if utterance.split == TRAIN and utterance.labels is not None:
+            yield TaggedOutput(EncodeUtterances.TRAIN_LABELS, np.asarray(utterance.labels, np.float64))
+        yield utterance.split, payload
+
+
+class _DecodeEncode(_Encode):
+    """Utterance -> decoded and encoded in one call, so no spectrogram waits in a
+    PCollection for the statistics; or an error record on the dead letter."""
+
+    def process(self, utterance: Utterance, stats: Moments) -> Iterator:
+        try:
+            mel = utterance_mel(utterance, self._params)
+        except Rejected as rejected:
+            self._counter.count(utterance.split, REJECTED)
+            yield TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+            return
+        yield from self._encode(utterance, mel, stats)
+
+
+class EncodeUtterances(beam.PTransform):
+    """Normalises, chunks and encodes every accepted utterance.
+
+    Input: (utterance, mel) pairs (``decode=False``: the spilled train split) or
+    utterances (``decode=True``: decoded here). Returns a DoOutputsTuple: main output
+    ``records`` ((split, payload) pairs), ``errors`` (error records; none when the input
+    is already decoded) and ``train_labels`` (label vectors of written train utterances).
+    """
+
+    ERRORS = ERRORS
+    TRAIN_LABELS = "train_labels"
+
+    def __init__(self, params: FeatureParams, feature_stats: beam.PCollection, decode: bool):
+        super().__init__()
+        self._fn = (_DecodeEncode if decode else _Encode)(params)
+        self._feature_stats = feature_stats
+
+    def expand(self, inputs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return inputs | "Encode" >> beam.ParDo(self._fn, stats=AsSingleton(self._feature_stats)).with_outputs(
+            self.ERRORS, self.TRAIN_LABELS, main="records")
 
 
 class WriteSplits(beam.PTransform):
@@ -162,11 +210,13 @@ class WriteSplits(beam.PTransform):
     Returns the written file names.
     """
 
-    def __init__(self, output: str, splits: Sequence[str], num_shards: int = 0):
+    def __init__(self, output: str, splits: Sequence[str], num_shards: int = 0,
+                 gzip_level: int = DEFAULT_GZIP_LEVEL):
         super().__init__()
         self._output = output
         self._splits = list(splits)
         self._num_shards = num_shards
+        self._gzip_level = gzip_level
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
         parts = pairs | "BySplit" >> beam.Partition(_split_partition, len(self._splits), self._splits)
@@ -174,16 +224,34 @@ class WriteSplits(beam.PTransform):
         for split, part in zip(self._splits, parts):
             files.append(part
                          | f"Payloads[{split}]" >> beam.Values()
-                         | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                             FileSystems.join(self._output, split),
-                             file_name_suffix=records.FILE_SUFFIX,
-                             compression_type=getattr(CompressionTypes, records.COMPRESSION),
-                             num_shards=self._num_shards))
+                         | f"Write[{split}]" >> WriteGzipTFRecords(
+                             FileSystems.join(self._output, split), records.FILE_SUFFIX,
+                             num_shards=self._num_shards, level=self._gzip_level))
         return files | "AllFiles" >> beam.Flatten()
 
 
 def _split_partition(pair: tuple[str, bytes], num_partitions: int, splits: Sequence[str]) -> int:
     return splits.index(pair[0])
+
+
+class WriteRecords(beam.PTransform):
+    """The records of each encoding path -> the files of the splits that path holds.
+
+    Input: a dict name -> (split, payload) pairs; ``splits_by_input`` gives each name's
+    splits. Each path is written by its own sinks: a Flatten of the payloads would make
+    the runner buffer them (it cannot fuse one consumer into two producers), which
+    holds every record in memory on the DirectRunner. Returns the written file names.
+    """
+
+    def __init__(self, output: str, splits_by_input: Mapping[str, Sequence[str]], num_shards: int = 0,
+                 gzip_level: int = DEFAULT_GZIP_LEVEL):
+        super().__init__()
+        self._writers = {name: WriteSplits(output, splits, num_shards, gzip_level)
+                         for name, splits in splits_by_input.items() if splits}
+
+    def expand(self, records_by_input: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        files = [records_by_input[name] | f"Splits[{name}]" >> writer for name, writer in self._writers.items()]
+        return files | "AllFiles" >> beam.Flatten()
 
 
 class WriteErrors(beam.PTransform):
@@ -201,12 +269,17 @@ class WriteErrors(beam.PTransform):
 
 
 class CountOutcomes(beam.PTransform):
-    """((split, written|rejected), count) pairs from the records and the error records."""
+    """((split, written|rejected), count) pairs from record and error PCollections.
+
+    Input: a dict whose ``errors`` entry holds error records and every other entry
+    (split, payload) record pairs; each becomes small (split, outcome) pairs before
+    they are flattened.
+    """
 
     def expand(self, outputs: Mapping[str, beam.PCollection]) -> beam.PCollection:
-        written = outputs["records"] | "Written" >> beam.Map(_written)
-        rejected = outputs["errors"] | "Rejected" >> beam.Map(_rejected)
-        return ((written, rejected)
+        outcomes = [pcoll | f"Outcome[{name}]" >> beam.Map(_rejected if name == ERRORS else _written)
+                    for name, pcoll in outputs.items()]
+        return (outcomes
                 | "Outcomes" >> beam.Flatten()
                 | "Count" >> beam.combiners.Count.PerElement())
 
@@ -230,7 +303,7 @@ class _WriteMetadataFn(beam.DoFn):
         self._source = dict(source)
 
     def process(self, feature_stats: Moments, label_stats: Moments,
-                counts: Mapping[tuple[str, str], int], files: list[str]) -> Iterator[str]:
+                counts: Mapping[tuple[str, str], int], files: list[str], spill_files: int) -> Iterator[str]:
         splits = {
             split: SplitInfo(count=counts.get((split, WRITTEN), 0), index_size=size,
                              rejected=counts.get((split, REJECTED), 0), labelled=self._labelled[split])
@@ -244,7 +317,8 @@ class _WriteMetadataFn(beam.DoFn):
             splits=splits,
             error_count=sum(info.rejected for info in splits.values()),
             source={**self._source, "train_frames": int(feature_stats.count),
-                    "train_labelled": int(label_stats.count), "files": sorted(
+                    "train_labelled": int(label_stats.count), "spill_files_removed": spill_files,
+                    "files": sorted(
                         FileSystems.split(path)[1] for path in files)},
         )
         yield metadata.write(self._output)
@@ -254,9 +328,10 @@ class WriteMetadata(beam.PTransform):
     """Builds and writes ``metadata.json`` inside the graph, after every record file.
 
     Input: a dict with ``feature_stats`` and ``label_stats`` (singleton ``Moments``),
-    ``counts`` (``CountOutcomes``) and ``files`` (the written record and error files).
-    Waiting on ``files`` as a side input makes the metadata the last file written, so a
-    complete ``metadata.json`` means complete outputs.
+    ``counts`` (``CountOutcomes``), ``files`` (the written record and error files) and
+    ``spill_files`` (``spill.RemoveSpill``'s count). Waiting on ``files`` and
+    ``spill_files`` as side inputs makes the metadata the last file written, so a
+    complete ``metadata.json`` means complete outputs and no temporary files left.
     """
 
     def __init__(self, output: str, params: FeatureParams, index_sizes: Mapping[str, int],
@@ -267,4 +342,5 @@ class WriteMetadata(beam.PTransform):
     def expand(self, inputs: Mapping[str, beam.PCollection]) -> beam.PCollection:
         return inputs["feature_stats"] | "Write" >> beam.ParDo(
             self._fn, label_stats=AsSingleton(inputs["label_stats"]),
-            counts=AsDict(inputs["counts"]), files=AsList(inputs["files"]))
+            counts=AsDict(inputs["counts"]), files=AsList(inputs["files"]),
+            spill_files=AsSingleton(inputs["spill_files"]))

@@ -294,7 +294,7 @@ def test_the_docs_dataflow_commands_translate_for_the_dataflow_runner(way: str, 
     monkeypatch.chdir(ROOT)  # --setup_file ./setup.py is relative to the repository root
     proto = local_dataflow_dry_run(doc_flags, edge_corpus.manifest, tmp_path / "out")
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"EncodeUtterances/Encode/ParDo(_Encode)", "WriteRecords/Write[train]", "WriteMetadata/Write"} <= names
+    assert {"EncodeTrain/Encode/ParDo(_Encode)", "WriteRecords/Splits[train]/Write[train]", "WriteMetadata/Write"} <= names
     (environment,) = proto.components.environments.values()
     image = beam_runner_api_pb2.DockerPayload.FromString(environment.payload).container_image
     if way == "sdk_container_image":

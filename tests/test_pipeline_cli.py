@@ -21,7 +21,8 @@ def test_cli_end_to_end_on_the_tiny_csv_manifest(tiny_csv_manifest, tmp_path):
     output = tmp_path / "records"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "--corpus", "csv", "--manifest", str(tiny_csv_manifest),
-         "--output", str(output), "--max-seconds", "2", "--chunk-seconds", "0.5", "--storage-dtype", "float32"],
+         "--output", str(output), "--max-seconds", "2", "--chunk-seconds", "0.5", "--storage-dtype", "float32",
+         "--gzip-level", "3", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,12 +39,16 @@ def test_cli_end_to_end_on_the_tiny_csv_manifest(tiny_csv_manifest, tmp_path):
     metadata = Metadata.load(str(output))
     metadata.validate(required_splits=("train", "dev", "test", "unlabeled"), expected_shape=(4, 31, 128))
     assert metadata.params.storage_dtype == "float32" and metadata.source["manifest"] == str(tiny_csv_manifest)
+    assert metadata.source["gzip_level"] == 3 and not (output / "tmp-train-mels").exists()
     assert not metadata.splits["unlabeled"].labelled and metadata.splits["train"].labelled
 
 
 def test_cli_refuses_bad_flags_and_a_used_output_folder(edge_corpus, tmp_path, capsys):
     assert main(["--corpus", "csv", "--output", str(tmp_path / "o")]) == 2
     assert "--corpus csv needs --manifest" in capsys.readouterr().err
+    assert main(["--corpus", "csv", "--manifest", str(edge_corpus.manifest), "--output", str(tmp_path / "o"),
+                 "--gzip-level", "4"]) == 2
+    assert "--gzip-level must be 0..3" in capsys.readouterr().err
     used = tmp_path / "used"
     used.mkdir()
     (used / "train-00000-of-00001.tfrecord.gz").write_bytes(b"")
@@ -70,10 +75,11 @@ def test_dataflow_graph_builds_and_translates_without_submitting(edge_corpus, tm
     build_pipeline(pipeline, options)
     proto = pipeline.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
-    for step in ("ReadInputs", "FeatureStats", "EncodeUtterances", "WriteRecords", "WriteErrors",
-                 "LabelStats", "CountOutcomes", "WriteMetadata"):
+    for step in ("ReadInputs", "DecodeTrain", "FeatureStats", "SpillTrainMels", "EncodeTrain", "EncodeOtherSplits",
+                 "WriteRecords", "WriteErrors", "LabelStats", "CountOutcomes", "RemoveSpill", "WriteMetadata"):
         assert step in names
-    assert {"WriteRecords/Write[train]", "WriteRecords/Write[dev]", "WriteRecords/Write[test]"} <= names
+    assert {"WriteRecords/Splits[train]/Write[train]", "WriteRecords/Splits[other_splits]/Write[dev]",
+            "WriteRecords/Splits[other_splits]/Write[test]"} <= names
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, options)
     assert len(rebuilt.to_runner_api().components.transforms) == len(proto.components.transforms)
 
@@ -86,7 +92,9 @@ def test_dataflow_runner_translates_the_graph_in_a_dry_run(edge_corpus, tmp_path
     build_pipeline(pipeline, options)
     translated = pipeline.run().job.proto_pipeline
     names = {t.unique_name for t in translated.components.transforms.values()}
-    assert {"EncodeUtterances/Encode/ParDo(_Encode)", "FeatureStats/Mel", "WriteMetadata/Write"} <= names
+    assert {"EncodeOtherSplits/Encode", "EncodeTrain/Encode",
+            "DecodeTrain/Decode/ParDo(_Decode)", "SpillTrainMels/Write/Write/WriteImpl/WriteBundles",
+            "RemoveSpill/Remove", "WriteMetadata/Write"} <= names
     (environment,) = translated.components.environments.values()
     staged = {beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(a.role_payload).staged_name
               for a in environment.dependencies}

@@ -20,14 +20,23 @@ from tests.fixtures.edge_audio import speech_like
 SMALL = FeatureParams(max_seconds=2.0, chunk_seconds=0.5)  # C = 4 chunks of m = 31 frames
 
 
-def test_mel_matches_librosa_called_with_the_reference_arguments():
-    waveform = peak_normalise(speech_like(1.3, seed=3))
-    ours = mel_spectrogram(waveform, FeatureParams())
+@pytest.mark.parametrize("seconds, seed", [(1.3, 3), (0.25, 1), (0.2501, 2), (13.0, 5)])
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
+def test_mel_is_bit_identical_to_librosa_called_with_the_reference_arguments(seconds, seed, pad_mode):
+    waveform = peak_normalise(speech_like(seconds, seed=seed))
+    ours = mel_spectrogram(waveform, FeatureParams(pad_mode=pad_mode))
     reference = librosa.feature.melspectrogram(
         y=waveform, sr=16000, n_fft=512, hop_length=256, win_length=512, window="hann", center=True,
-        pad_mode="reflect", power=2.0, n_mels=128, fmin=0.0, fmax=8000.0, htk=False, norm="slaney").T
-    assert ours.shape == (1 + waveform.size // 256, 128)
-    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-9)
+        pad_mode=pad_mode, power=2.0, n_mels=128, fmin=0.0, fmax=8000.0, htk=False, norm="slaney").T
+    assert ours.shape == (1 + waveform.size // 256, 128) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, reference)
+
+
+def test_mel_of_silence_is_bit_identical_to_librosa():
+    silence = np.zeros(4001, np.float32)
+    reference = librosa.feature.melspectrogram(y=silence, sr=16000, n_fft=512, hop_length=256, pad_mode="reflect",
+                                               n_mels=128, fmax=8000.0).T
+    np.testing.assert_array_equal(mel_spectrogram(silence, FeatureParams()), reference)
 
 
 def test_mel_matches_a_plain_numpy_stft_with_the_librosa_filterbank():
