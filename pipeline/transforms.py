@@ -92,6 +92,15 @@ class _OutcomeCounter:
                       self._done[WRITTEN], self._done[REJECTED])
 
 
+def mel_or_error(utterance: Utterance, params: FeatureParams, counter: _OutcomeCounter) -> np.ndarray | TaggedOutput:
+    """The utterance's mel spectrogram, or its error record tagged for the dead letter (counted)."""
+    try:
+        return utterance_mel(utterance, params)
+    except Rejected as rejected:
+        counter.count(utterance.split, REJECTED)
+        return TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+
+
 class _Decode(beam.DoFn):
     """Utterance -> (utterance, mel), or an error record on the dead letter."""
 
@@ -103,11 +112,8 @@ class _Decode(beam.DoFn):
         self._counter = _OutcomeCounter()
 
     def process(self, utterance: Utterance) -> Iterator:
-        try:
-            yield utterance, utterance_mel(utterance, self._params)
-        except Rejected as rejected:
-            self._counter.count(utterance.split, REJECTED)
-            yield TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+        mel = mel_or_error(utterance, self._params, self._counter)
+        yield mel if isinstance(mel, TaggedOutput) else (utterance, mel)
 
 
 class DecodeUtterances(beam.PTransform):
@@ -171,11 +177,9 @@ class _DecodeEncode(_Encode):
     PCollection for the statistics; or an error record on the dead letter."""
 
     def process(self, utterance: Utterance, stats: Moments) -> Iterator:
-        try:
-            mel = utterance_mel(utterance, self._params)
-        except Rejected as rejected:
-            self._counter.count(utterance.split, REJECTED)
-            yield TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+        mel = mel_or_error(utterance, self._params, self._counter)
+        if isinstance(mel, TaggedOutput):
+            yield mel
             return
         yield from self._encode(utterance, mel, stats)
 
