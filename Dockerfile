@@ -25,16 +25,26 @@ RUN sed '/^tensorflow-cpu==/d' requirements.txt > /tmp/requirements-gpu.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements-gpu.txt \
         "tensorflow[and-cuda]==2.21.0" "cloudml-hypertune==0.1.0.dev6" \
     && rm /tmp/requirements-gpu.txt
+# mimalloc (cmeel-mimalloc, requirements.txt) under every process of the image: on glibc malloc
+# the CPU training step is page-fault bound and 2x slower (docs/performance.md). trainer.py
+# would re-execute itself with it anyway (model/allocator.py); this covers every other command.
+RUN ln -s "$(python -c "from importlib import metadata; \
+print(metadata.distribution('cmeel-mimalloc').locate_file('cmeel.prefix/lib/libmimalloc.so.3'))")" \
+        /usr/local/lib/libmimalloc.so.3
+ENV LD_PRELOAD=/usr/local/lib/libmimalloc.so.3 \
+    MIMALLOC_PURGE_DELAY=-1
 
-COPY setup.py pyproject.toml README.md trainer.py ./
+COPY setup.py pyproject.toml README.md LICENSE trainer.py ./
 COPY pipeline ./pipeline
 COPY model ./model
-# --no-deps: setup.py's worker requirements name tensorflow-cpu, which must not come back.
+# --no-deps: every dependency is already installed above at its pin; pyproject.toml's ranges
+# must not move any of them.
 # The check fails the build if the base image is not what this file assumes or if
 # anything above replaced the GPU build of TensorFlow.
 RUN python -m pip install --no-cache-dir --no-deps . \
     && python -c "import sys, tensorflow as tf; \
 assert sys.version_info[:2] == (3, 11), sys.version; \
+assert 'libmimalloc' in open('/proc/self/maps').read(), 'mimalloc is not preloaded'; \
 assert tf.__version__ == '2.21.0' and tf.test.is_built_with_cuda(), tf.__version__"
 
 USER 10001

@@ -1,5 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv
-# from the pinned requirements when it is missing or older than requirements.txt.
+# The two commands of the README: `make demo` and `make test`. Both create .venv from the
+# pinned requirements (with the test tools) when it is missing or older than either file.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,10 +10,10 @@ DEMO_DIR ?= runs/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import sys
 from typing import Sequence
 
-from model.train_config import PRECISIONS, TrainConfig, parse_attributes
+from model.train_config import KMEANS_INITS, OPTIMIZER_MODES, PRECISIONS, TrainConfig, parse_attributes
 from model.variants import VARIANTS
 
 CONFIG_FILE = "config.json"
+"""The job record in the job folder (model.jobs.start_job writes it)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,19 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attributes", default="arousal",
                         help="arousal, valence or dominance: one model per attribute as the reference; "
                              "'all': one multitask model with three outputs")
-    parser.add_argument("--clusters", type=int, default=defaults.clusters, help="Q of K-means")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="sentences per batch")
-    parser.add_argument("--patience", type=int, default=defaults.patience,
+    parser.add_argument("--clusters", type=_integer, default=defaults.clusters, help="Q of K-means")
+    parser.add_argument("--epochs", type=_integer, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=_integer, default=defaults.batch_size, help="sentences per batch")
+    parser.add_argument("--patience", type=_integer, default=defaults.patience,
                         help="stop after this many epochs without dev improvement (0: never)")
-    parser.add_argument("--unlabeled-count", type=int, default=defaults.unlabeled_count,
+    parser.add_argument("--unlabeled-count", type=_integer, default=defaults.unlabeled_count,
                         help="seeded subset of the unlabeled split used in SSL (0: all of it)")
     parser.add_argument("--triplet-weight", type=float, default=defaults.triplet_weight, help="gamma of Eq. 7")
-    parser.add_argument("--triplet-window", type=int, default=defaults.triplet_window,
+    parser.add_argument("--triplet-window", type=_integer, default=defaults.triplet_window,
                         help="W: positives lie within +-W/2 chunks of the anchor")
     parser.add_argument("--triplet-margin", type=float, default=defaults.triplet_margin, help="delta of Eq. 6")
-    parser.add_argument("--triplets-per-sentence", type=int, default=defaults.triplets_per_sentence)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--triplets-per-sentence", type=_integer, default=defaults.triplets_per_sentence)
+    parser.add_argument("--seed", type=_integer, default=defaults.seed)
     parser.add_argument("--jit-compile", action="store_true",
                         help="XLA-compile the training step (for GPUs: about 6x slower on CPU, docs/performance.md)")
     parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
@@ -56,9 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distribute", choices=("none", "mirrored", "multiworker"), default=defaults.distribute)
     parser.add_argument("--ccc-level", choices=("chunk", "sentence"), default=defaults.ccc_level,
                         help="CCC loss over chunk predictions (reference) or sentence means")
-    parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr, help="SGD learning rate")
-    parser.add_argument("--output-lr", type=float, default=defaults.output_lr, help="Adam learning rate")
-    parser.add_argument("--kmeans-iterations", type=int, default=defaults.kmeans_iterations)
+    parser.add_argument("--optimizers", choices=OPTIMIZER_MODES, default=defaults.optimizers,
+                        help="reference: SGD and Adam both over every weight but the top cluster layer, as the "
+                             "authors' code (stage I steps only the SGD); paper: the paper's wording, SGD on the "
+                             "encoder and Adam on the output layers (docs/training.md)")
+    parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr,
+                        help="SGD learning rate (over every weight in reference mode, the encoder in paper mode)")
+    parser.add_argument("--output-lr", type=float, default=defaults.output_lr,
+                        help="Adam learning rate (over every weight in reference mode, the output layers in paper mode)")
+    parser.add_argument("--classifier-lr", type=float, default=defaults.classifier_lr,
+                        help="reference mode: learning rate of the top cluster layer's own SGD")
+    parser.add_argument("--kmeans-iterations", type=_integer, default=defaults.kmeans_iterations)
+    parser.add_argument("--kmeans-init", choices=KMEANS_INITS, default=defaults.kmeans_init,
+                        help="random: start from randomly picked points, a new seed per clustering, empty clusters "
+                             "repaired by splitting a large one (faiss, as the reference); k-means++: greedy "
+                             "k-means++ seeding, empty clusters re-seeded at the farthest point")
     parser.add_argument("--reconstruction-weight", type=float, default=defaults.reconstruction_weight,
                         help="ae, vae: weight of the MSE reconstruction term")
     parser.add_argument("--kl-weight", type=float, default=defaults.kl_weight,
@@ -68,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ladder-weights", type=_weights, default=",".join(map(str, defaults.ladder_weights)),
                         help="ladder: comma-separated denoising weights per encoder level, input level first, "
                              f"then the {len(defaults.ladder_weights) - 1} conv blocks")
+    parser.add_argument("--init-from", metavar="RELEASE",
+                        help="start from a converted release's network for the trained attribute, e.g. "
+                             "pretrained/msp-podcast-v1.8-temp-cnn (needs its feature settings and temporal net)")
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bars")
     parser.add_argument("--hypertune", action="store_true",
                         help="report dev_ccc_mean to Vertex AI hyperparameter tuning after each epoch "
@@ -83,6 +98,22 @@ def _weights(value: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
 
 
+def _integer(value: str) -> int:
+    """An integer, also written as an integral float: Vertex AI hyperparameter tuning passes
+    integer and discrete parameters as ``--clusters=10.0``."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r} (not a whole number)")
+    return int(number)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=args.model, setting=args.setting, attributes=parse_attributes(args.attributes),
@@ -91,8 +122,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         triplet_window=args.triplet_window, triplet_margin=args.triplet_margin,
         triplets_per_sentence=args.triplets_per_sentence, seed=args.seed, jit_compile=args.jit_compile,
         precision=args.precision,
-        distribute=args.distribute, encoder_lr=args.encoder_lr, output_lr=args.output_lr,
-        kmeans_iterations=args.kmeans_iterations, ccc_level=args.ccc_level,
+        distribute=args.distribute, optimizers=args.optimizers, encoder_lr=args.encoder_lr,
+        output_lr=args.output_lr, classifier_lr=args.classifier_lr,
+        kmeans_iterations=args.kmeans_iterations, kmeans_init=args.kmeans_init, ccc_level=args.ccc_level,
         reconstruction_weight=args.reconstruction_weight, kl_weight=args.kl_weight, ladder_noise=args.ladder_noise,
         ladder_weights=args.ladder_weights)
 
@@ -122,38 +154,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trainer.py: error: {error}", file=sys.stderr)
         return 2
 
-    import tensorflow as tf
-
     from model.hypertune import HypertuneError, metric_reporter, trial_job_dir
-    from model.training import Trainer, TrainingError, JobPaths, write_text
+    from model.jobs import JobError, start_job
+    from model.multiworker import is_chief
+    from model.training import Trainer, TrainingError, JobPaths
     from pipeline.metadata import Metadata, MetadataError
 
     try:
         metadata = Metadata.load(args.data_dir)
         required = ["train", "dev"] + (["unlabeled"] if config.uses_unlabeled else [])
-        metadata.validate(required_splits=required)
+        metadata.validate(required_splits=required, labelled_splits=["train", "dev"])
     except MetadataError as error:
         print(f"trainer.py: data error: {error}", file=sys.stderr)
         return 2
+    if args.init_from:
+        from model.convert_reference import ConversionError, check_init_from
+
+        try:
+            check_init_from(args.init_from, metadata.params, config.variant.temporal, config.variant.clustering,
+                            config.attributes)
+        except (ConversionError, MetadataError) as error:
+            print(f"trainer.py: error: {error}", file=sys.stderr)
+            return 2
     try:
         report_metric = metric_reporter(args.hypertune)
     except HypertuneError as error:
         print(f"trainer.py: error: {error}", file=sys.stderr)
         return 2
     job = JobPaths.resolve(trial_job_dir(args.job_dir))
-    record = run_record(config, args, metadata.to_json())
-    config_path = job.file(CONFIG_FILE)
-    if tf.io.gfile.exists(config_path):
-        with tf.io.gfile.GFile(config_path) as handle:
-            previous = json.load(handle)
-        if (previous["config"], previous["data_metadata_sha256"]) != (record["config"], record["data_metadata_sha256"]):
-            print(f"trainer.py: error: {args.job_dir} holds a run with other settings or data "
-                  f"(see {config_path}); use a new --job-dir", file=sys.stderr)
-            return 2
-    write_text(config_path, json.dumps(record, indent=2))
+    try:
+        # config.json and the checkpoint folder's owner.json: written by the chief replica only.
+        start_job(job, run_record(config, args, metadata.to_json()), write=is_chief(config.distribute))
+    except JobError as error:
+        print(f"trainer.py: error: {error}", file=sys.stderr)
+        return 2
     try:
         Trainer(config, args.data_dir, job, metadata, verbose=0 if args.quiet else 1,
-                report_metric=report_metric).run()
+                report_metric=report_metric, init_from=args.init_from).run()
     except TrainingError as error:
         print(f"trainer.py: training error: {error}", file=sys.stderr)
         return 1
@@ -161,4 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from model.allocator import use_fast_allocator
+    use_fast_allocator()  # before TensorFlow: glibc malloc's page faults halve the CPU step (docs/performance.md)
     sys.exit(main())

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model.predict import DEFAULT_BATCH_SIZE, ServedModel, decode_file, predict_files  # noqa: E402
+from model.predict import DEFAULT_BATCH_SIZE, ServedModel, Source, decode_file, predict_files  # noqa: E402
+from model.predictor import Predictor  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 WARMUP = 5
@@ -101,7 +102,7 @@ def utterance(seconds: float, sample_rate: int) -> np.ndarray:
 
 def files_per_second(model: ServedModel, files: list[str], batch_size: int) -> float:
     start = time.perf_counter()
-    for _ in predict_files(model, files, batch_size):
+    for _ in predict_files(Predictor(model, batch_size=batch_size), [Source(f) for f in files]):
         pass
     return len(files) / (time.perf_counter() - start)
 

@@ -33,6 +33,11 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from model.allocator import loaded_allocator, use_fast_allocator  # noqa: E402
+
+if __name__ == "__main__":
+    use_fast_allocator()
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -122,16 +127,31 @@ def reclustering(model: DeepEmoCluster, config: TrainConfig, features: tf.Tensor
     }
 
 
-def machine() -> dict[str, object]:
-    """Facts that decide CPU speed, recorded with every figure."""
-    model_name = platform.processor()
+def cpu_facts() -> tuple[str, bool]:
+    """The CPU's model name and whether it has bfloat16 instructions (AVX-512 BF16 or AMX):
+    without them oneDNN emulates ``mixed_bfloat16`` in float32 arithmetic plus conversions."""
+    model_name, flags = platform.processor(), set()
     try:
         with open("/proc/cpuinfo") as handle:
-            model_name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not flags:
+                    model_name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
         pass
+    return model_name, bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def machine() -> dict[str, object]:
+    """Facts that decide CPU speed, recorded with every figure."""
+    model_name, bf16_native = cpu_facts()
     return {
         "cpu": model_name,
+        "bf16_native": bf16_native,
+        "allocator": loaded_allocator() or "system (glibc malloc)",
         "cpu_count": os.cpu_count(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -148,6 +168,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     if args.inter_op_threads is not None:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.precision == "mixed_bfloat16" and not cpu_facts()[1]:
+        print("note: this CPU has no AVX-512 BF16/AMX: mixed_bfloat16 is emulated here, its figures "
+              "say nothing about bfloat16 hardware", file=sys.stderr)
     params = FeatureParams()
     config = TrainConfig(model=args.model, batch_size=args.batch_size, jit_compile=args.jit_compile,
                          precision=args.precision, seed=args.seed)

@@ -1,7 +1,7 @@
 """The paper's analyses of what a trained model learned (Sec. 5.2-5.3).
 
-- Temporal consistency (Fig. 3): how often the cluster assignment changes between
-  consecutive chunks of a sentence.
+- Temporal consistency (Fig. 3): how often the cluster assignment (K-means on the chunk
+  embeddings h, Eq. 4) changes between consecutive chunks of a sentence.
 - Cluster representation (Figs. 4-5): a t-SNE map of the chunk embeddings h (Eq. 4),
   coloured by cluster and by emotion level.
 - Linear probe: how linearly separable the three emotion levels are in the frozen
@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from model.data import inference_batches
 from model.kmeans import kmeans
+from model.progress import Progress
 from pipeline.params import FeatureParams
 
 LEVELS: tuple[str, ...] = ("low", "middle", "high")
@@ -36,6 +37,11 @@ EMBEDDINGS = "embeddings"
 CLUSTER_FEATURES = "cluster_features"
 NO_HEAD_CLUSTERS = 10
 """Q for models without a cluster head (CNN-regressor, reconstruction baselines): the paper's Q."""
+TRANSITION_FEATURES = {"embeddings": EMBEDDINGS, "cluster-features": CLUSTER_FEATURES}
+"""``--transition-features`` choice -> network output clustered for Fig. 3. ``embeddings``: the
+encoder's h_i, as the paper (Sec. 5.2, Eq. 4); ``cluster-features``: the cluster head's
+pre-activation input after the temporal net, what training clusters (the reference code)."""
+DEFAULT_TRANSITION_FEATURES = "embeddings"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +55,8 @@ class ChunkOutputs:
 
 
 def chunk_outputs(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], data_dir: str, split: str,
-                  params: FeatureParams, names: Sequence[str], batch_size: int = 64) -> ChunkOutputs:
+                  params: FeatureParams, names: Sequence[str], batch_size: int = 64,
+                  progress: Progress | None = None) -> ChunkOutputs:
     """Runs a network's ``inference_function`` over a split and keeps the per-chunk outputs ``names``."""
     indices, utt_ids, labels = [], [], []
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
@@ -60,6 +67,8 @@ def chunk_outputs(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], data_dir: 
         indices.append(batch["index"].numpy())
         utt_ids.append(batch["utt_id"].numpy().astype(str))
         labels.append(batch["labels"].numpy())
+        if progress is not None:
+            progress.update(len(indices[-1]))
     if not indices:
         raise ValueError(f"split {split!r} of {data_dir} holds no records")
     index = np.concatenate(indices)

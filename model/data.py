@@ -63,6 +63,12 @@ def split_files(data_dir: str, split: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no records of split {split!r} in {data_dir} (looked for {pattern})")
+    # A shard's name says how many the split has: a deleted or unsynced one would
+    # silently shrink every score over the split.
+    totals = {int(name[:-len(records.FILE_SUFFIX)].rsplit("-of-", 1)[1]) for name in map(posixpath.basename, files)}
+    if len(totals) > 1 or len(files) != totals.pop():
+        names = ", ".join(posixpath.basename(f) for f in files)
+        raise FileNotFoundError(f"split {split!r} in {data_dir} is incomplete or mixes runs: found {names}")
     return files
 
 

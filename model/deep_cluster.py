@@ -2,11 +2,19 @@
 
 One class serves every variant: the variant's knobs (model.variants) decide which loss
 terms exist, and a network may add its own through the ``auxiliary_losses`` it returns
-when training (the reconstruction baselines' terms, model.reconstruction). Following the
-paper (Sec. 4.3), SGD steps the VGG encoder and Adam the output layers, on disjoint
-variable sets; the cluster classifier gets its own Adam whose state is reset together
-with the classifier's weights before every clustering stage (DeepCluster re-creates that
-layer because cluster ids change meaning between stages).
+when training (the reconstruction baselines' terms, model.reconstruction).
+
+Who steps which weights is an ``OptimizerPlan`` (``TrainConfig.optimizers``):
+
+- ``reference`` (default, the authors' code): SGD and Adam both over every weight but the
+  top cluster layer; stage II steps both with the same gradients (the update is the sum of
+  an SGD and an Adam step); stage I steps only the SGD, emotion head frozen. The top cluster
+  layer has its own SGD (lr 0.05).
+- ``paper`` (the paper's wording, Sec. 4.3): SGD on the VGG encoder, Adam on the output
+  layers, disjoint; the top cluster layer has its own Adam.
+
+The top cluster layer and its optimizer's state are reset before every clustering stage
+(DeepCluster re-creates that layer because cluster ids change meaning between stages).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import tensorflow as tf
 
 from model.losses import ccc_loss, cluster_cross_entropy, temporal_triplet_loss
 from model.network import EmoClusterNet
+from model.optimizers import optimizer_groups, reset_state
 from model.reconstruction import ReconstructionNet
 from model.train_config import TrainConfig
 
@@ -40,14 +49,7 @@ class DeepEmoCluster(keras.Model):
         self.config = config
         self.variant = config.variant
         self.net = net
-        self.encoder_optimizer = keras.optimizers.SGD(config.encoder_lr, name="encoder_sgd")
-        self.output_optimizer = keras.optimizers.Adam(config.output_lr, name="output_adam")
-        self.classifier_optimizer = keras.optimizers.Adam(config.output_lr, name="classifier_adam")
-        # Built up front with every variable each will ever step: stage I applies to a subset.
-        self.encoder_optimizer.build(net.encoder_variables())
-        self.output_optimizer.build(self._output_variables())
-        if self.variant.clustering:
-            self.classifier_optimizer.build(net.cluster_head.classifier_variables)
+        self.optimizer_groups = optimizer_groups(config, net)
         self.triplet_rng = tf.random.Generator.from_seed(config.seed + 7919)
         self.stage = SUPERVISED
         self._stage_functions: dict[str, object] = {}
@@ -80,26 +82,14 @@ class DeepEmoCluster(keras.Model):
             self.train_function = self._stage_functions.get(stage)
 
     def reset_cluster_classifier(self) -> None:
-        """Fresh classifier weights and optimizer state before a clustering stage."""
+        """Fresh top cluster layer and a fresh optimizer for it, before a clustering stage."""
         self.net.cluster_head.reset_classifier()
-        for variable in self.classifier_optimizer.variables:
-            variable.assign(tf.zeros_like(variable))
+        for group in self.optimizer_groups:
+            if group.cluster_classifier:
+                reset_state(group.optimizer)
 
-    def _output_variables(self) -> list:
-        """Output-layer variables stepped by Adam: temporal net and heads, minus the classifier."""
-        classifier = {id(v) for v in self.net.cluster_head.classifier_variables} if self.variant.clustering else set()
-        return [v for v in self.net.output_variables() if id(v) not in classifier]
-
-    def _variable_groups(self):
-        classifier = self.net.cluster_head.classifier_variables if self.variant.clustering else []
-        frozen = set()
-        if self.stage == UNSUPERVISED:
-            frozen = {id(v) for v in self.net.emotion_head.trainable_variables}
-        output = [v for v in self._output_variables() if id(v) not in frozen]
-        groups = [(self.encoder_optimizer, self.net.encoder_variables()), (self.output_optimizer, output)]
-        if classifier:
-            groups.append((self.classifier_optimizer, classifier))
-        return groups
+    def optimizer_named(self, name: str) -> keras.optimizers.Optimizer:
+        return next(group.optimizer for group in self.optimizer_groups if group.name == name)
 
     def _loss_terms(self, data, outputs, training: bool) -> dict[str, tf.Tensor]:
         terms = {}
@@ -125,17 +115,18 @@ class DeepEmoCluster(keras.Model):
         return tf.reshape(repeated, [-1, attributes]), tf.reshape(chunk, [-1, attributes])
 
     def train_step(self, data):
-        groups = self._variable_groups()
-        variables = [v for _, group in groups for v in group]
+        supervised = self.stage == SUPERVISED
+        steps = [(group.optimizer, group.variables(supervised)) for group in self.optimizer_groups]
+        variables = list({id(v): v for _, group in steps for v in group}.values())
         with tf.GradientTape() as tape:
             outputs = self.net(data["features"], training=True)
             terms = self._loss_terms(data, outputs, training=True)
             loss = tf.add_n(list(terms.values()))
-        gradients = tape.gradient(loss, variables)
-        start = 0
-        for optimizer, group in groups:
-            optimizer.apply(gradients[start:start + len(group)], group)
-            start += len(group)
+        gradients = dict(zip((id(v) for v in variables), tape.gradient(loss, variables)))
+        # Every optimizer applies the same gradients (the reference's SGD + Adam sum).
+        for optimizer, group in steps:
+            if group:
+                optimizer.apply([gradients[id(v)] for v in group], list(group))
         return self._update_trackers(loss, terms)
 
     def test_step(self, data):

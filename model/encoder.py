@@ -65,14 +65,40 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         return outputs
 
 
+@keras.saving.register_keras_serializable(package="deepemocluster")
+class SymmetricConv2D(keras.layers.Conv2D):
+    """Conv2D with PyTorch's ``padding=k // 2``: that many zeros on both sides of H and W.
+
+    Keras' "same" pads (0, 1) for a stride-2 3x3 conv on an even size, which shifts the
+    sampling grid by one pixel against the reference; the output size and the parameters
+    are the same either way.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, **kwargs: Any) -> None:
+        kwargs.pop("padding", None)
+        super().__init__(filters, kernel_size, padding="valid", **kwargs)
+
+    def call(self, inputs: Any) -> Any:
+        pad_h, pad_w = (k // 2 for k in self.kernel_size)
+        return super().call(ops.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]]))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, _ = input_shape
+        pad_h, pad_w = (k // 2 for k in self.kernel_size)
+        padded = (batch, None if height is None else height + 2 * pad_h,
+                  None if width is None else width + 2 * pad_w, input_shape[3])
+        return super().compute_output_shape(padded)
+
+
 def conv_bn(filters: int, kernel_size: int, strides: int = 1, name: str = "conv",
-            dtype: Any = None) -> tuple[keras.layers.Conv2D, FusedBatchNorm]:
-    """A 'same' Conv2D (with bias, as the reference) and its PyTorch-equivalent BatchNorm.
+            dtype: Any = None) -> tuple[SymmetricConv2D, FusedBatchNorm]:
+    """A conv padded as PyTorch's ``padding=k // 2`` (with bias, as the reference) and its
+    PyTorch-equivalent BatchNorm.
 
     ``dtype`` is a Keras dtype policy for both; None takes the global one (float32).
     """
-    conv = keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same",
+    conv = SymmetricConv2D(
+        filters, kernel_size, strides=strides,
         kernel_initializer=conv_initializer(kernel_size, filters), bias_initializer="zeros",
         name=name, dtype=dtype,
     )
@@ -85,8 +111,11 @@ class VGGChunkEncoder(keras.layers.Layer):
     """[B, C, m, n_mels] chunked features -> [B, C, units] chunk embeddings h (Eq. 4).
 
     Seven Conv3x3 + BatchNorm + ReLU blocks (channels 32,32,64,64,128,128,128, strides
-    1,1,2,2,2,2,2), flatten, Dense(units) + ReLU, Dropout. The flatten size follows from
-    m and n_mels (62 x 128 -> 2 x 4 x 128 = 1024).
+    1,1,2,2,2,2,2), each padded by one zero on every side as the reference's ``padding=1``
+    (``SymmetricConv2D``), flatten, Dense(units) + ReLU, Dropout. The flatten size
+    follows from m and n_mels (62 x 128 -> 2 x 4 x 128 = 1024); it is the NHWC
+    (channels-last) flatten, so the reference's NCHW Dense kernel is permuted on
+    conversion (``model.convert_reference``).
 
     The layer's dtype policy applies to the conv blocks only: ``dtype="mixed_bfloat16"``
     runs convolutions, BatchNorm and ReLU in bfloat16 (float32 variables, batch statistics

@@ -1,7 +1,8 @@
 """Evaluates trained jobs the paper's way and runs its analyses (Sec. 4.3, 5.1-5.3).
 
     python -m model.evaluate --data-dir OUT --job-dir JOB [--split test] [--subsets 4] --output EVAL \
-        [--compare JOB2 ...] [--no-transition] [--no-tsne] [--no-probe]
+        [--compare JOB2 ...] [--transition-features embeddings|cluster-features] [--no-transition] [--no-tsne] \
+        [--no-probe]
 
 Writes into EVAL: ``metrics.json`` (scores, sub-set CCCs and the analyses of JOB, the
 same for every compared job under ``compared``), ``predictions.csv`` (every sentence of
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -22,11 +24,13 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from model import analysis, plots
 from model.jobs import JobError, TrainedJob, load_job
 from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
 from model.predictions import SplitPredictions, output_of, predict_split
+from model.progress import SILENT, Reporter
 from pipeline.params import ATTRIBUTES
 
 
@@ -50,6 +54,17 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+REPORTER = Reporter(log=log)
+"""Prediction, chunk outputs, K-means and t-SNE: counts and time left on a terminal, a line when done."""
+
+
+def level_confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """[3, 3] counts: true level (row) against predicted level (column), low / middle / high."""
+    matrix = np.zeros((len(analysis.LEVELS), len(analysis.LEVELS)), np.int64)
+    np.add.at(matrix, (analysis.emotion_levels(truth), analysis.emotion_levels(predicted)), 1)
+    return matrix
+
+
 def json_ready(value: Any) -> Any:
     """Non-finite floats become null: strict JSON readers reject NaN."""
     if isinstance(value, dict):
@@ -69,13 +84,15 @@ def write_json(path: str, value: Any) -> None:
         handle.write("\n")
 
 
-def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
-              batch_size: int = 64) -> tuple[SplitPredictions, np.ndarray, dict[str, Any]]:
+def score_job(job: TrainedJob, split: str, subsets: int, seed: int, batch_size: int = 64,
+              reporter: Reporter = SILENT) -> tuple[SplitPredictions, np.ndarray, dict[str, Any]]:
     """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
     if split not in job.metadata.splits:
         raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
     predict = output_of(job.infer, "predictions")
-    predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size)
+    with reporter.counting(f"  {split} predictions", job.metadata.splits[split].count, "sentences") as progress:
+        predictions = predict_split(predict, job.data_dir, split, job.metadata, job.config.attributes, batch_size,
+                                    progress)
     ids = subset_ids(predictions.indices, subsets, seed)
     per_subset = subset_ccc(predictions, ids)
     report = {
@@ -83,6 +100,9 @@ def score_job(job: TrainedJob, split: str, subsets: int, seed: int,
         "sentences": int(len(predictions.indices)),
         "attributes": list(predictions.attributes),
         "scores": split_scores(predictions),
+        "level_confusion": {"levels": list(analysis.LEVELS), "rows": "true level", "columns": "predicted level",
+                            "counts": {a: level_confusion(predictions.truth(a), predictions.predicted(a)).tolist()
+                                       for a in predictions.attributes}},
         "subsets": {"count": subsets, "seed": seed, "sizes": np.bincount(ids, minlength=subsets).tolist(),
                     "ccc": per_subset,
                     "ccc_mean": {a: float(np.mean(v)) for a, v in per_subset.items()},
@@ -108,22 +128,32 @@ def job_labels(jobs: Sequence[TrainedJob]) -> list[str]:
             for label, folder, job in zip(labels, folders, jobs)]
 
 
-def clustering_basis(job: TrainedJob) -> tuple[str, int, str]:
-    """(output to cluster, Q, why): what training clusters, or h with Q = 10 without a cluster head."""
-    if job.config.variant.clustering:
-        return (analysis.CLUSTER_FEATURES, job.config.clusters,
-                f"K-means (Q={job.config.clusters}, the job's) on the cluster head's pre-activation features of "
-                "every chunk, the features training clusters")
-    return (analysis.EMBEDDINGS, analysis.NO_HEAD_CLUSTERS,
-            f"the model has no cluster head: K-means (Q={analysis.NO_HEAD_CLUSTERS}) on the encoder's chunk "
-            "embeddings h")
+def clustering_basis(job: TrainedJob, option: str = analysis.DEFAULT_TRANSITION_FEATURES) -> tuple[str, int, str]:
+    """(output to cluster, Q, why) for ``--transition-features option``.
+
+    ``embeddings``: the encoder's chunk embeddings h (Eq. 4), as the paper's Sec. 5.2;
+    ``cluster-features``: what training clusters, after the temporal net. Q is the job's,
+    or 10 without a cluster head, which also has no cluster features: h then.
+    """
+    if not job.config.variant.clustering:
+        return (analysis.EMBEDDINGS, analysis.NO_HEAD_CLUSTERS,
+                f"the model has no cluster head: K-means (Q={analysis.NO_HEAD_CLUSTERS}) on the encoder's chunk "
+                "embeddings h")
+    clusters = job.config.clusters
+    if analysis.TRANSITION_FEATURES[option] == analysis.CLUSTER_FEATURES:
+        return (analysis.CLUSTER_FEATURES, clusters,
+                f"K-means (Q={clusters}, the job's) on the cluster head's pre-activation features of every chunk, "
+                "the features training clusters (after the temporal net where there is one)")
+    return (analysis.EMBEDDINGS, clusters,
+            f"K-means (Q={clusters}, the job's) on the encoder's chunk embeddings h (Eq. 4), as the paper")
 
 
-def transition_report(result: JobResult, feature: str, clusters: int, basis: str, seed: int,
+def transition_report(result: JobResult, option: str, feature: str, clusters: int, basis: str, seed: int,
                       iterations: int) -> dict[str, Any]:
     ratios = result.ratios
     chunks = result.assignments.shape[1]
-    return {"features": feature, "clusters": clusters, "seed": seed, "kmeans_iterations": iterations,
+    return {"features": feature, "transition_features": option, "clusters": clusters, "seed": seed,
+            "kmeans_iterations": iterations,
             "basis": basis, "sentences": int(len(ratios)), "chunks": chunks,
             "mean": float(ratios.mean()), "median": float(np.median(ratios)), "std": float(ratios.std()),
             "distribution": analysis.ratio_distribution(ratios, chunks),
@@ -133,33 +163,33 @@ def transition_report(result: JobResult, feature: str, clusters: int, basis: str
 def run_analyses(result: JobResult, args: argparse.Namespace) -> None:
     """Transition ratio, t-SNE and linear probe for one job, as the flags ask."""
     job = result.job
-    feature, clusters, basis = clustering_basis(job)
+    feature, clusters, basis = clustering_basis(job, args.transition_features)
     names = sorted({analysis.EMBEDDINGS, feature})
-    start = time.perf_counter()
-    result.chunks = analysis.chunk_outputs(job.infer, job.data_dir, args.split, job.metadata.params, names,
-                                           args.batch_size)
-    log(f"  chunk outputs of {len(result.chunks.indices)} {args.split} sentences "
-        f"({time.perf_counter() - start:.1f} s)")
+    with REPORTER.counting(f"  chunk outputs of the {args.split} split", job.metadata.splits[args.split].count,
+                           "sentences") as progress:
+        result.chunks = analysis.chunk_outputs(job.infer, job.data_dir, args.split, job.metadata.params, names,
+                                               args.batch_size, progress)
     if args.transition or args.tsne:
-        result.assignments = analysis.cluster_chunks(result.chunks.outputs[feature], clusters, args.seed,
-                                                     job.config.kmeans_iterations)
+        num, chunks, _ = result.chunks.outputs[feature].shape
+        with REPORTER.phase(f"  K-means (Q={clusters}) on {num * chunks:,} chunks"):
+            result.assignments = analysis.cluster_chunks(result.chunks.outputs[feature], clusters, args.seed,
+                                                         job.config.kmeans_iterations)
         result.ratios = analysis.transition_ratios(result.assignments)
     if args.transition:
-        result.report["transition_ratio"] = transition_report(result, feature, clusters, basis, args.seed,
-                                                              job.config.kmeans_iterations)
+        result.report["transition_ratio"] = transition_report(result, args.transition_features, feature, clusters,
+                                                              basis, args.seed, job.config.kmeans_iterations)
         log(f"  transition ratio: mean {result.ratios.mean():.3f} (K-means, Q={clusters}, on {feature})")
     if args.tsne:
-        start = time.perf_counter()
         embeddings = result.chunks.outputs[analysis.EMBEDDINGS]
         num, chunks, dim = embeddings.shape
         result.tsne_points = analysis.subsample(num * chunks, args.tsne_max_points, args.seed)
-        result.tsne_xy = analysis.tsne_map(embeddings.reshape(num * chunks, dim)[result.tsne_points], args.seed)
+        with REPORTER.phase(f"  t-SNE of {len(result.tsne_points):,} chunk embeddings"):
+            result.tsne_xy = analysis.tsne_map(embeddings.reshape(num * chunks, dim)[result.tsne_points], args.seed)
         levels = tsne_levels(result, args.tsne_attribute)
         result.report["tsne"] = {
             "features": analysis.EMBEDDINGS, "attribute": args.tsne_attribute, "points": int(len(result.tsne_points)),
-            "of_chunks": int(num * chunks), "clusters": clusters, "seed": args.seed,
+            "of_chunks": int(num * chunks), "clusters": clusters, "clustered_on": feature, "seed": args.seed,
             "level_counts": {name: int(np.count_nonzero(levels == i)) for i, name in enumerate(analysis.LEVELS)}}
-        log(f"  t-SNE of {len(result.tsne_points)} chunk embeddings ({time.perf_counter() - start:.1f} s)")
     if args.probe:
         result.report["linear_probe"] = probe_report(result, args)
 
@@ -178,8 +208,10 @@ def probe_report(result: JobResult, args: argparse.Namespace) -> dict[str, Any]:
         reason = f"{job.data_dir} has no train split to fit the probe on"
         return {"skipped": reason, **{a: {"macro_f1": None, "accuracy": None, "skipped": reason} for a in ATTRIBUTES}}
     start = time.perf_counter()
-    train = analysis.chunk_outputs(job.infer, job.data_dir, "train", job.metadata.params, [analysis.EMBEDDINGS],
-                                   args.batch_size)
+    with REPORTER.counting("  chunk outputs of the train split (probe)", job.metadata.splits["train"].count,
+                           "sentences") as progress:
+        train = analysis.chunk_outputs(job.infer, job.data_dir, "train", job.metadata.params, [analysis.EMBEDDINGS],
+                                       args.batch_size, progress)
     train_x = train.outputs[analysis.EMBEDDINGS].mean(axis=1)
     test_x = result.chunks.outputs[analysis.EMBEDDINGS].mean(axis=1)
     report: dict[str, Any] = {"features": "mean of the chunk embeddings h per sentence (frozen encoder)",
@@ -195,16 +227,29 @@ def probe_report(result: JobResult, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def check_trained_on(job: TrainedJob) -> TrainedJob:
+    """Refuses data other than the job's own: its features would be normalised and chunked
+    as the job never saw them (log-mel records for a linear-mel model score without error)."""
+    with tf.io.gfile.GFile(os.path.join(job.job_dir, "config.json")) as handle:
+        expected = json.load(handle).get("data_metadata_sha256")
+    digest = hashlib.sha256(job.metadata.to_json().encode()).hexdigest()
+    if expected and digest != expected:
+        raise JobError(f"{job.data_dir} is not the data {job.job_dir} was trained on (its metadata.json "
+                       f"digest differs from the one in the job's config.json): evaluate on that data, or "
+                       "retrain on this")
+    return job
+
+
 def evaluate_jobs(args: argparse.Namespace) -> list[JobResult]:
     jobs = []
     for job_dir in [args.job_dir, *args.compare]:
         log(f"loading {job_dir}")
-        jobs.append(load_job(job_dir, args.data_dir))
+        jobs.append(check_trained_on(load_job(job_dir, args.data_dir)))
     results = []
     for job, label in zip(jobs, job_labels(jobs)):
         start = time.perf_counter()
         log(f"{label}: predicting the {args.split} split")
-        predictions, ids, report = score_job(job, args.split, args.subsets, args.seed, args.batch_size)
+        predictions, ids, report = score_job(job, args.split, args.subsets, args.seed, args.batch_size, REPORTER)
         result = JobResult(job, label, predictions, ids, {**job_description(job), "label": label, **report})
         if args.transition or args.tsne or args.probe:
             run_analyses(result, args)
@@ -228,6 +273,10 @@ def draw_figures(results: Sequence[JobResult], args: argparse.Namespace) -> dict
             [results[i].predictions.predicted(attribute) for i in having],
             [results[i].report["scores"][attribute]["ccc"] for i in having])
         figures["scatter"][attribute] = name
+        name = f"confusion_{attribute}.png"
+        plots.level_confusion(os.path.join(out, name), attribute, args.split, [results[i].label for i in having],
+                              [results[i].report["level_confusion"]["counts"][attribute] for i in having])
+        figures.setdefault("confusion", {})[attribute] = name
     if args.transition:
         figures["transition_ratio"] = "transition_ratio.png"
         plots.transition_histogram(
@@ -332,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sub-sets, K-means, t-SNE and the probe")
     parser.add_argument("--compare", nargs="+", default=[], metavar="JOB",
                         help="further jobs, evaluated the same way and drawn on the same figures")
+    parser.add_argument("--transition-features", type=lambda v: v.replace("_", "-"),
+                        choices=tuple(analysis.TRANSITION_FEATURES), default=analysis.DEFAULT_TRANSITION_FEATURES,
+                        help="what K-means clusters for the transition ratio (and the t-SNE colours): the encoder's "
+                             "chunk embeddings h, as the paper, or the cluster head's features after the temporal "
+                             "net, as training clusters")
     parser.add_argument("--no-transition", dest="transition", action="store_false",
                         help="skip the temporal-consistency analysis (transition ratio)")
     parser.add_argument("--no-tsne", dest="tsne", action="store_false", help="skip the t-SNE figure")
@@ -363,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(os.path.join(args.output, "metrics.json"),
                {**main_result.report, "figures": figures, "compared": [r.report for r in compared]})
     print(summary_table(results))
-    pngs = [*figures["scatter"].values(), *(v for k, v in figures.items() if k != "scatter")]
+    pngs = [name for figure in figures.values() for name in (figure.values() if isinstance(figure, dict) else [figure])]
     print(f"\nwritten to {args.output}: metrics.json, predictions.csv{', tsne.csv' if args.tsne else ''}, "
           + ", ".join(pngs))
     return 0

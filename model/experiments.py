@@ -1,7 +1,8 @@
 """The paper's experiment protocol: every model x trial seed, scored on 4 random test sub-sets.
 
     python -m model.experiments --data-dir OUT --models vanilla,temp-gru,temp-cnn,temp-trans,temp-triplet,regressor \
-        --setting fsl|ssl --trials 5 --output EXP [--epochs N] [--sweep clusters=10,30,50]
+        --setting fsl|ssl --trials 5 --output EXP [--epochs N] [--sweep clusters=10,30,50] \
+        [--test independent|paired|trials]
 
 Each run is one ``trainer.py`` job under ``EXP/runs/<model>-<setting>[-<sweep><value>]-seed<k>``
 (one sub-folder per attribute when one model is trained per attribute, the default).
@@ -31,7 +32,7 @@ from typing import Any, Sequence
 import keras
 
 import trainer
-from model import plots, tables
+from model import metrics, plots, tables
 from model.evaluate import json_ready, score_job, write_json
 from model.jobs import load_job
 from pipeline.metadata import Metadata, MetadataError
@@ -271,10 +272,16 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows({**row, "ccc": f"{row['ccc']:.6f}"} for row in rows)
 
 
-def samples_by(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[str, str], list[float]]:
-    samples: dict[tuple[str, str], list[float]] = {}
+def samples_by(rows: Sequence[dict[str, Any]], key: str) -> dict[tuple[str, str], dict[metrics.Key, float]]:
+    """{(row[key], attribute): {(trial seed, sub-set): CCC}}: the identity the paired tests match on."""
+    samples: dict[tuple[str, str], dict[metrics.Key, float]] = {}
     for row in rows:
-        samples.setdefault((str(row[key]), row["attribute"]), []).append(float(row["ccc"]))
+        values = samples.setdefault((str(row[key]), row["attribute"]), {})
+        identity = (int(row["seed"]), int(row["subset"]))
+        if identity in values:
+            raise ValueError(f"two values for {row[key]}, {row['attribute']}, trial {identity[0]}, "
+                             f"sub-set {identity[1]}")
+        values[identity] = float(row["ccc"])
     return samples
 
 
@@ -282,7 +289,7 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace, rows: Sequence
     """results.md: the table(s), how they were made, the spread behind them and any failed run."""
     sweep, values = parse_sweep(args.sweep)
     setting = args.setting.upper()
-    attributes = tables.present_attributes(samples_by(rows, "model")) or list(ATTRIBUTES)
+    attributes = [a for a in ATTRIBUTES if any(row["attribute"] == a for row in rows)] or list(ATTRIBUTES)
     protocol = (f"Mean CCC over {args.subsets} random sub-sets (seed {args.subset_seed}) of the {args.split} split "
                 f"x {args.trials} trials (seeds 0-{args.trials - 1}); "
                 + ("one model per attribute" if args.attributes != "all" else "one multitask model per run")
@@ -295,11 +302,17 @@ def report(outcomes: Sequence[Outcome], args: argparse.Namespace, rows: Sequence
         lines += [protocol, ""]
     else:
         samples = samples_by(rows, "model")
-        lines += [*tables.model_table(setting, args.models, attributes, samples), "", protocol,
+        try:
+            table, unmatched = tables.model_table(setting, args.models, attributes, samples, args.test), ""
+        except metrics.SampleMismatch as error:
+            table, unmatched = tables.model_table(setting, args.models, attributes, samples, None), str(error)
+            log(f"no significance markers: {unmatched}")
+        lines += [*table, "", protocol,
+                  f"Significance test: `{args.test}`, {metrics.TESTS[args.test]}; p < 0.05. "
                   "<sup>*</sup> significantly better than every reconstruction baseline present (CNN-AE, CNN-VAE, "
                   "CNN-LadderNet); <sup>†</sup> significantly better than every baseline present (those, "
-                  "CNN-regressor and vanilla DeepEmoCluster); two-tailed t-test (scipy.stats.ttest_ind), "
-                  "p < 0.05, as the paper. Markers only on the proposed Temp-* models.", ""]
+                  "CNN-regressor and vanilla DeepEmoCluster). Markers only on the proposed Temp-* models.",
+                  *([f"No markers: {unmatched}."] if unmatched else []), ""]
         ordered = tables.paper_order(args.models)
         lines += ["## Spread", "", *tables.spread_table("Approach", ordered, [tables.paper_name(m) for m in ordered],
                                                          attributes, samples), ""]
@@ -364,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="split scored (the paper's Tables 4-6 name dev)")
     parser.add_argument("--subsets", type=int, default=4, help="random sub-sets of the split per run")
     parser.add_argument("--subset-seed", type=int, default=0, help="seeds the sub-sets (the same for every run)")
+    parser.add_argument("--test", choices=tuple(metrics.TESTS), default=metrics.DEFAULT_TEST,
+                        help="significance test behind the table markers: independent (the paper's t-test over the "
+                             "sub-set x trial values), paired (matched by trial and sub-set) or trials (over the "
+                             "per-trial means)")
     parser.add_argument("--inline", action="store_true",
                         help="run trainer.py in this process (faster start) instead of one subprocess per run")
     return parser

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from model.data import inference_batches
 from model.losses import ccc
+from model.progress import Progress
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 
@@ -75,6 +76,7 @@ def predict_split(
     metadata: Metadata,
     attributes: Sequence[str],
     batch_size: int = 64,
+    progress: Progress | None = None,
 ) -> SplitPredictions:
     """Runs ``predict_fn`` (features [B, C, m, F] -> normalised predictions [B, A]) over a split."""
     utt_ids, indices, labels, outputs = [], [], [], []
@@ -83,6 +85,8 @@ def predict_split(
         labels.append(batch["labels"].numpy())
         indices.append(batch["index"].numpy())
         utt_ids.append(batch["utt_id"].numpy().astype(str))
+        if progress is not None:
+            progress.update(len(indices[-1]))
     normalised = np.concatenate(outputs).astype(np.float64)
     return SplitPredictions(
         attributes=tuple(attributes),

@@ -17,14 +17,18 @@ import tensorflow as tf
 from sklearn.metrics import normalized_mutual_info_score
 
 from model.kmeans import kmeans
+from model.progress import SILENT, Progress, Reporter
 
 
-def embed_batches(embed_fn: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def embed_batches(embed_fn: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset,
+                  progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Runs ``embed_fn`` over ``{"features", "index"}`` batches -> (indices [N], features [N, C, D])."""
     indices, features = [], []
     for batch in batches:
         features.append(embed_fn(batch["features"]).numpy())
         indices.append(batch["index"].numpy())
+        if progress is not None:
+            progress.update(len(indices[-1]))
     if not indices:
         raise ValueError("nothing to embed: the split yielded no records")
     return np.concatenate(indices), np.concatenate(features)
@@ -41,12 +45,13 @@ class Reclusterer:
     """Embeds one split, clusters every chunk and refreshes that split's sampler.
 
     ``previous`` keeps the last assignment (ordered by record index) so consecutive
-    epochs can be compared with NMI, as the reference logs.
+    epochs can be compared with NMI, as the reference logs. ``progress`` shows the
+    embedding (sentences done, time left) and K-means (time left as the last round took).
     """
 
     def __init__(self, *, name: str, embed_fn: Callable[[tf.Tensor], tf.Tensor],
                  batches: Callable[[], tf.data.Dataset], sampler, num_clusters: int,
-                 iterations: int, seed: int):
+                 iterations: int, seed: int, init: str = "random", progress: Reporter = SILENT):
         self.name = name
         self.embed_fn = embed_fn
         self.batches = batches
@@ -54,16 +59,23 @@ class Reclusterer:
         self.num_clusters = num_clusters
         self.iterations = iterations
         self.seed = seed
+        self.init = init
         self.previous: np.ndarray | None = None
+        self.progress = progress
+        self._kmeans_seconds: float | None = None
 
     def run(self, round_index: int) -> dict[str, float]:
         """One re-assignment; returns statistics for the history."""
         start = time.perf_counter()
-        indices, features = embed_batches(self.embed_fn, self.batches())
+        with self.progress.counting(f"embedding {self.name}", self.sampler.source.count, "sentences") as progress:
+            indices, features = embed_batches(self.embed_fn, self.batches(), progress)
         embedded = time.perf_counter()
         num, chunks, dim = features.shape
-        assignments, _, inertia = kmeans(features.reshape(num * chunks, dim), self.num_clusters,
-                                         iterations=self.iterations, seed=self.seed + round_index)
+        with self.progress.phase(f"k-means on {num * chunks:,} {self.name} chunks, Q={self.num_clusters}",
+                                 expected_seconds=self._kmeans_seconds):
+            assignments, _, inertia = kmeans(features.reshape(num * chunks, dim), self.num_clusters,
+                                             iterations=self.iterations, seed=self.seed + round_index, init=self.init)
+        self._kmeans_seconds = time.perf_counter() - embedded
         assignments = np.asarray(assignments).reshape(num, chunks)
         order = np.argsort(indices)
         ordered = assignments[order]
@@ -73,6 +85,7 @@ class Reclusterer:
         self.sampler.refresh(indices, assignments, self.num_clusters)
         return {
             f"{self.name}_cluster_entropy": size_entropy(assignments, self.num_clusters),
+            f"{self.name}_smallest_cluster": int(np.bincount(assignments.ravel(), minlength=self.num_clusters).min()),
             f"{self.name}_nmi": nmi,
             f"{self.name}_inertia": float(inertia),
             f"{self.name}_acceptance": float(self.sampler.acceptance_rate()),

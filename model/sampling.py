@@ -2,42 +2,46 @@
 
 k-means (elsewhere) gives every chunk of a split a cluster id. A sampler's
 ``refresh(indices, assignments, num_clusters)`` stores those ids in its
-``ClusterAssignments`` and reweights its stream over the split's records; samplers never
-cluster themselves:
+``ClusterAssignments``; the next epoch draws by them. Samplers never cluster themselves:
 
-- ``SentenceSampler`` (paper Sec. 3.3, temporal models): whole sentences, chunks in
-  temporal order, drawn by rejection with acceptance proportional to the sum of the
-  inverse cluster sizes of their chunks.
-- ``ChunkSampler`` (vanilla DeepEmoCluster, Sec. 3.2): chunks drawn independently,
-  N*C/Q per cluster in expectation, as one-chunk pseudo-sentences.
-- ``PlainSampler`` (regressor and reconstruction baselines): shuffled sentences.
+- ``SentenceSampler`` (paper Sec. 3.3, temporal models): N whole sentences drawn i.i.d.
+  with replacement with probability w / sum(w), w = the sum of the inverse cluster
+  sizes of a sentence's chunks (as the reference's ``np.random.choice``), chunks in
+  temporal order.
+- ``ChunkSampler`` (vanilla DeepEmoCluster, Sec. 3.2; DeepCluster's uniform label
+  sampler): N*C/Q'+1 chunks from each of the Q' non-empty clusters (with replacement
+  where a cluster is smaller), shuffled together and cut to N*C, as one-chunk
+  pseudo-sentences.
+- ``PlainSampler`` (regressor and reconstruction baselines): every sentence once.
 
-Everything a stream reads while it runs (assignments, acceptance, copy rates, the epoch
-counter) lives in CPU ``tf.Variable``s, so a refresh after a new clustering changes the
-next epoch's draw of an already built dataset. ``tf.data.Dataset.rejection_resample``
-fixes its distributions when the dataset is built, which is why it is not used. Every
-random choice of epoch e derives from (seed, e) alone: Keras rebuilds a dataset's
-internal random state on every ``fit`` call, which would otherwise replay the first
-epoch's order in every stage. Build samplers outside any ``tf.distribute`` scope: their
-variables are input-pipeline state, not model weights.
+N is the number of sentences the sampler draws from: the split, or the seeded
+``subset`` an SSL run keeps for the whole run (``--unlabeled-count``).
+
+Each epoch's draw is computed at once in numpy, over the whole split, and batches gather
+their rows from the split's random-access store (``model.split_cache``): the order is
+globally random, an epoch reads N sentences' worth of rows whatever the cluster sizes,
+and memory holds a few batches, not the split. The draw of epoch e is a function of
+(seed, e) and the assignments alone: ``epochs_started`` (a CPU ``tf.Variable``, like the
+assignments, so a checkpoint holds both) counts the epochs opened, so a resumed run
+repeats its draws exactly, and a ``refresh`` changes the next epoch of an already built
+dataset. Keras rebuilds a dataset's iterator on every ``fit`` call, so nothing may
+depend on tf.data's own random state. Build samplers outside any ``tf.distribute``
+scope: their variables are input-pipeline state, not model weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import tensorflow as tf
 
-from model import data
 from model.data import AUTOTUNE, SplitSource
+from model.split_cache import SplitCache
 
 UNASSIGNED = -1
 """Cluster id of chunks whose sentence was not clustered (index gaps, before k-means)."""
-
-DEFAULT_CHUNK_BUFFER = 2048
-"""Chunks held for shuffling by ``ChunkSampler`` (about 32 KB each in float32)."""
-
 
 class ClusterAssignments:
     """Per-chunk cluster ids of one split, addressed by the records' ``index``."""
@@ -81,222 +85,257 @@ class ClusterAssignments:
         labels = self.numpy()
         return np.bincount(labels[labels != UNASSIGNED], minlength=self.num_clusters)
 
-    def chunk_weights(self) -> np.ndarray:
-        """1 / size of each chunk's cluster, float64 [index_size, C]; 0 where unassigned."""
-        labels = self.numpy()
-        sizes = self.cluster_sizes()
-        if not sizes.any():
-            raise ValueError("no chunk is assigned yet: call update() with a clustering first")
-        inverse = np.divide(1.0, sizes, out=np.zeros(len(sizes)), where=sizes > 0)
-        return np.where(labels == UNASSIGNED, 0.0, inverse[np.maximum(labels, 0)])
+
+
+def epoch_generator(seed: int, epoch: int) -> np.random.Generator:
+    """The random source of one epoch: (seed, epoch) and nothing else."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, int(epoch)]))
 
 
 class _Sampler:
-    """One split's records as a stream of epochs; subclasses define what an epoch holds.
+    """One split's sentences (or its ``subset`` of record indices) as a stream of epochs.
 
-    ``epochs_started`` counts the iterators opened so far; epoch e draws from
-    (seed, e) only, so a run restored with this counter repeats its draws exactly.
+    ``source.count`` is N, the sentences drawn from; ``records_read`` counts the rows
+    read from the store (in sentences), for the benchmarks and the history.
     """
 
-    def __init__(self, source: SplitSource, *, shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER) -> None:
+    def __init__(self, source: SplitSource, *, subset: np.ndarray | None = None,
+                 cache_dir: str | None = None) -> None:
         if source.count <= 0:
             raise ValueError(f"split {source.split!r} has no records to sample")
-        self.source = source
-        self.shuffle_buffer = shuffle_buffer
-        self._parse = data.parser(source.params, data.TRAINING_KEYS)
+        self.cache = SplitCache.open(source, cache_dir)
+        self.rows = np.arange(self.cache.count) if subset is None else np.sort(self.cache.rows_of(subset))
+        if not len(self.rows):
+            raise ValueError(f"the subset of split {source.split!r} is empty")
+        self.source = dataclasses.replace(source, count=len(self.rows))
         with tf.device("/cpu:0"):
             self.epochs_started = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="epochs_started")
+        self._dtype = tf.dtypes.as_dtype(source.params.storage_dtype)
+        self.last_distinct = 0
+        """Distinct keys in the last epoch drawn."""
 
     @property
     def epoch_size(self) -> int:
         """Elements per epoch (before batching)."""
         return self.source.count
 
-    def _epoch(self, epoch_seed: tf.Tensor) -> tf.data.Dataset:
+    @property
+    def records_read(self) -> float:
+        return self.cache.rows_read
+
+    def draw(self, seed: int, epoch: int) -> np.ndarray:
+        """The keys (store rows; chunk sampler: row * C + chunk) of epoch ``epoch``, in order."""
+        return self._draw(epoch_generator(seed, epoch), self._labels())
+
+    def _labels(self) -> np.ndarray | None:
+        return None
+
+    def _draw(self, rng: np.random.Generator, labels: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
-    def _next_epoch_seed(self, seed: tf.Tensor) -> tf.Tensor:
+    def _draw_inputs(self) -> list[tf.Tensor]:
+        return []
+
+    def _epoch_keys(self, seed: tf.Tensor, epoch: tf.Tensor, *labels: tf.Tensor) -> tf.data.Dataset:
+        def draw(seed: np.ndarray, epoch: np.ndarray, *labels: np.ndarray) -> np.ndarray:
+            keys = self._draw(epoch_generator(seed, epoch), labels[0] if labels else None).astype(np.int64)
+            self.last_distinct = len(np.unique(keys))
+            return keys
+
+        keys = tf.numpy_function(draw, [seed, epoch, *labels], tf.int64, name="epoch_draw")
+        keys.set_shape([self.epoch_size])
+        return tf.data.Dataset.from_tensor_slices(keys)
+
+    def _next_epoch(self, seed: tf.Tensor) -> tuple[tf.Tensor, ...]:
         epoch = self.epochs_started.assign_add(1) - 1
-        return tf.random.stateless_uniform(
-            [], seed=tf.stack([seed, epoch]), minval=0, maxval=2**31 - 1, dtype=tf.int64)
+        return (seed, epoch, *self._draw_inputs())
 
     def dataset(self, batch_size: int, seed: int) -> tf.data.Dataset:
         """Batches of one epoch per iteration over the returned dataset (last one short)."""
-        epoch = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64)).map(self._next_epoch_seed)
-        batches = epoch.flat_map(self._epoch).batch(batch_size, drop_remainder=False)
+        epoch = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64)).map(self._next_epoch)
+        keys = epoch.flat_map(self._epoch_keys).batch(batch_size, drop_remainder=False)
+        batches = keys.map(self._gather, num_parallel_calls=AUTOTUNE, deterministic=True)
         # A known length gives Keras its steps per epoch and progress bars their total.
         batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(self.epoch_size / batch_size)))
         return batches.prefetch(AUTOTUNE)
 
-    def _records(self, epoch_seed: tf.Tensor, repeat: bool) -> tf.data.Dataset:
-        return data.serialized_records(
-            self.source.files(), shuffle=True, seed=epoch_seed, repeat=repeat, shuffle_buffer=self.shuffle_buffer)
+    def ordered_batches(self, batch_size: int) -> tf.data.Dataset:
+        """Every sentence of the sampler once, in store order: ``features`` and ``index``
+        batches for embedding before a re-assignment."""
+        rows = tf.data.Dataset.from_tensor_slices(self.rows.astype(np.int64)).batch(batch_size)
+        sentences = rows.map(self._sentences, num_parallel_calls=AUTOTUNE, deterministic=True)
+        return sentences.map(lambda batch: {"features": batch["features"], "index": batch["index"]}).prefetch(AUTOTUNE)
 
+    def _gather(self, keys: tf.Tensor) -> dict:
+        return self._sentences(keys)
 
-def _uniform(shape: list[int], epoch_seed: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
-    """Uniform draws for the element at ``position`` of an epoch: independent of record order."""
-    # Offset from the seeds of the record shuffles, which use epoch_seed and epoch_seed + 1.
-    return tf.random.stateless_uniform(shape, seed=tf.stack([epoch_seed + 2, position]))
+    def _sentences(self, rows: tf.Tensor) -> dict:
+        """Whole sentences of the given store rows: ``features`` [B, C, m, F] float32,
+        ``labels`` [B, 3], ``has_labels`` [B], ``index`` [B]."""
+        def read(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+            cache = self.cache
+            return cache.read(rows), cache.labels[rows], cache.has_labels[rows], cache.index[rows]
+
+        features, labels, has_labels, index = tf.numpy_function(
+            read, [rows], [self._dtype, tf.float32, tf.bool, tf.int64], name="read_sentences")
+        return self._element(features, labels, has_labels, index, self.source.params.feature_shape)
+
+    def _element(self, features, labels, has_labels, index, shape) -> dict:
+        features.set_shape([None, *shape])
+        labels.set_shape([None, self.cache.labels.shape[1]])
+        has_labels.set_shape([None])
+        index.set_shape([None])
+        return {"features": tf.cast(features, tf.float32), "labels": labels, "has_labels": has_labels,
+                "index": index}
 
 
 class PlainSampler(_Sampler):
-    """One shuffled pass over the split's sentences per epoch; no clustering. Elements:
-    ``features`` [C, m, F], ``labels`` [3], ``has_labels``, ``index``."""
+    """Every sentence once per epoch, in a fresh global permutation; no clustering.
+    Elements: ``features`` [C, m, F], ``labels`` [3], ``has_labels``, ``index``."""
 
-    def _epoch(self, epoch_seed: tf.Tensor) -> tf.data.Dataset:
-        return self._records(epoch_seed, repeat=False).map(self._parse, num_parallel_calls=AUTOTUNE)
+    def _draw(self, rng: np.random.Generator, labels: np.ndarray | None) -> np.ndarray:
+        return rng.permutation(self.rows)
 
 
 class _ClusterSampler(_Sampler):
     """A sampler driven by the split's cluster assignments, which ``refresh`` replaces."""
 
-    def __init__(self, source: SplitSource, *, shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER) -> None:
-        super().__init__(source, shuffle_buffer=shuffle_buffer)
+    def __init__(self, source: SplitSource, *, subset: np.ndarray | None = None,
+                 cache_dir: str | None = None) -> None:
+        super().__init__(source, subset=subset, cache_dir=cache_dir)
         self.assignments = ClusterAssignments(source.index_size, source.params.num_chunks)
+        self._population_index = self.cache.index[self.rows]
 
     def refresh(self, indices: np.ndarray, assignments: np.ndarray, num_clusters: int) -> None:
         """Takes a new k-means result (``indices`` [N], ``assignments`` [N, C]): the next
         epoch of every dataset built by this sampler draws by it."""
         self.assignments.update(indices, assignments, num_clusters)
-        self._reweight()
 
-    def _reweight(self) -> None:
-        raise NotImplementedError
+    def _labels(self) -> np.ndarray:
+        return self.assignments.numpy()
+
+    def _draw_inputs(self) -> list[tf.Tensor]:
+        return [self.assignments.labels.read_value()]
+
+    def _population_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Cluster ids [N, C] of the sampler's sentences, in store order."""
+        return labels[self._population_index]
 
     def acceptance_rate(self) -> float:
-        """Expected share of the records read whose features get decoded, for the history."""
+        """Expected share of the sentences an epoch draws at least once (the history's
+        ``_acceptance`` column; with direct draws nothing read is ever rejected)."""
         raise NotImplementedError
+
+
+def _inverse_sizes(labels: np.ndarray) -> np.ndarray:
+    """1 / size of each chunk's cluster over the chunks given, 0 where unassigned."""
+    assigned = labels != UNASSIGNED
+    sizes = np.bincount(labels[assigned], minlength=1)
+    inverse = np.divide(1.0, sizes, out=np.zeros(len(sizes)), where=sizes > 0)
+    return np.where(assigned, inverse[np.maximum(labels, 0)], 0.0)
 
 
 class SentenceSampler(_ClusterSampler):
-    """Sentence-level uniform sampling (paper Sec. 3.3) by rejection over the records.
+    """Sentence-level uniform sampling (paper Sec. 3.3).
 
-    Chunk weight = 1 / size of its cluster; sentence weight = sum over its C chunks;
-    acceptance = weight / max weight (0 for sentences left out of the clustering). Each
-    epoch reads shuffled passes over the split, accepts each record with its acceptance,
-    and stops at exactly ``count`` sentences, so a sentence is drawn acceptance * count /
-    sum(acceptance) times in expectation. Elements: ``features`` [C, m, F] in temporal
-    order, ``cluster_labels`` [C], ``labels`` [3], ``has_labels``, ``index``. Before the
-    first ``refresh`` every sentence is accepted.
+    Chunk weight = 1 / size of its cluster; sentence weight w = sum over its C chunks
+    (0 for sentences left out of the clustering). Each epoch draws N sentences i.i.d.
+    with replacement with probability w / sum(w), in draw order (a global random order).
+    Elements: ``features`` [C, m, F] in temporal order, ``cluster_labels`` [C],
+    ``labels`` [3], ``has_labels``, ``index``. Before the first ``refresh`` an epoch is a
+    permutation of the sentences.
     """
 
-    def __init__(self, source: SplitSource, *, shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER) -> None:
-        super().__init__(source, shuffle_buffer=shuffle_buffer)
-        with tf.device("/cpu:0"):
-            self.acceptance = tf.Variable(tf.ones([source.index_size]), trainable=False, name="acceptance")
-            self._seen = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="records_seen")
-            self._accepted = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="records_accepted")
+    def probabilities(self, labels: np.ndarray | None = None) -> np.ndarray | None:
+        """Draw probability of each of the sampler's sentences (store order), or None
+        before any clustering."""
+        population = self._population_labels(self._labels() if labels is None else labels)
+        weights = _inverse_sizes(population).sum(axis=1)
+        total = weights.sum()
+        return weights / total if total > 0 else None
 
-    def _reweight(self) -> None:
-        weights = self.assignments.chunk_weights().sum(axis=1)
-        self.acceptance.assign((weights / weights.max()).astype(np.float32))
-        self._seen.assign(0)
-        self._accepted.assign(0)
+    def _draw(self, rng: np.random.Generator, labels: np.ndarray | None) -> np.ndarray:
+        probabilities = self.probabilities(labels)
+        if probabilities is None:
+            return rng.permutation(self.rows)
+        return self.rows[rng.choice(len(self.rows), size=len(self.rows), p=probabilities)]
 
     def acceptance_rate(self) -> float:
-        """sum(acceptance) / sentences clustered: the rate the next epoch achieves in expectation."""
-        clustered = self.assignments.numpy()[:, 0] != UNASSIGNED
-        return float(self.acceptance.numpy()[clustered].mean()) if clustered.any() else 1.0
+        probabilities = self.probabilities()
+        if probabilities is None:
+            return 1.0
+        return float(np.mean(-np.expm1(len(probabilities) * np.log1p(-np.minimum(probabilities, 1 - 1e-16)))))
 
     def acceptance_stats(self) -> dict[str, float]:
-        """Records read and accepted since the last refresh, against the expected rate."""
-        seen, accepted = int(self._seen.numpy()), int(self._accepted.numpy())
-        return {
-            "seen": seen,
-            "accepted": accepted,
-            "rate": accepted / seen if seen else float("nan"),
-            "expected_rate": self.acceptance_rate(),
-        }
+        """Share of the sentences the last epoch drew at least once, against the expected share."""
+        rate = self.last_distinct / self.source.count if self.last_distinct else float("nan")
+        return {"drawn": self.last_distinct, "rate": rate, "expected_rate": self.acceptance_rate()}
 
-    def _epoch(self, epoch_seed: tf.Tensor) -> tf.data.Dataset:
-        def accept(position: tf.Tensor, serialized: tf.Tensor) -> tf.Tensor:
-            probability = tf.gather(self.acceptance, data.parse_index(serialized))
-            accepted = _uniform([], epoch_seed, position) < probability
-            self._seen.assign_add(1)
-            self._accepted.assign_add(tf.cast(accepted, tf.int64))
-            return accepted
-
-        def parse(position: tf.Tensor, serialized: tf.Tensor) -> dict:
-            element = self._parse(serialized)
-            element["cluster_labels"] = tf.gather(self.assignments.labels, element["index"])
-            return element
-
-        # The features are decoded only for accepted records.
-        accepted = self._records(epoch_seed, repeat=True).enumerate().filter(accept).take(self.source.count)
-        return accepted.map(parse, num_parallel_calls=AUTOTUNE)
+    def _gather(self, keys: tf.Tensor) -> dict:
+        element = self._sentences(keys)
+        element["cluster_labels"] = tf.gather(self.assignments.labels, element["index"])
+        return element
 
 
 class ChunkSampler(_ClusterSampler):
-    """Chunk-level uniform sampling (vanilla DeepEmoCluster, paper Sec. 3.2), streamed.
+    """Chunk-level uniform sampling (vanilla DeepEmoCluster, paper Sec. 3.2).
 
-    Each pass over the shuffled sentences emits every chunk floor(r) or floor(r) + 1
-    times, r = (assigned chunks / non-empty clusters) / size of the chunk's cluster, so
-    each cluster contributes N*C/Q chunks per pass in expectation (small clusters
-    upsampled, big ones downsampled); the copies are shuffled in a buffer and cut at
-    ``count * C`` chunks per epoch. Elements are one-chunk pseudo-sentences, so models
-    generic in the chunk axis train on them unchanged: ``features`` [1, m, F],
-    ``cluster_labels`` [1], ``labels`` [3], ``has_labels``, ``index``. Memory stays
-    bounded: a sentence's copies are produced lazily. Before the first ``refresh`` every
-    chunk is emitted once.
+    As DeepCluster's ``UnifLabelSampler`` in the reference: each of the Q' non-empty
+    clusters gives N*C // Q' + 1 of its chunks (drawn with replacement when it holds no
+    more, without otherwise), the lists are concatenated, shuffled and cut to N*C.
+    Elements are one-chunk pseudo-sentences, so models generic in the chunk axis train on
+    them unchanged: ``features`` [1, m, F], ``cluster_labels`` [1], ``labels`` [3],
+    ``has_labels``, ``index``. Before the first ``refresh`` an epoch is a permutation of
+    all chunks.
     """
-
-    def __init__(
-        self,
-        source: SplitSource,
-        *,
-        shuffle_buffer: int = data.DEFAULT_SHUFFLE_BUFFER,
-        chunk_buffer: int = DEFAULT_CHUNK_BUFFER,
-    ) -> None:
-        super().__init__(source, shuffle_buffer=shuffle_buffer)
-        self.chunk_buffer = chunk_buffer
-        with tf.device("/cpu:0"):
-            self.copy_rates = tf.Variable(
-                tf.ones(self.assignments.labels.shape), trainable=False, name="chunk_copy_rates")
 
     @property
     def epoch_size(self) -> int:
         return self.source.count * self.source.params.num_chunks
 
-    def _reweight(self) -> None:
-        weights = self.assignments.chunk_weights()
+    def per_cluster(self) -> int:
+        """Chunks each non-empty cluster gives an epoch: N*C // Q' + 1."""
         sizes = self.assignments.cluster_sizes()
-        per_cluster = sizes.sum() / np.count_nonzero(sizes)
-        self.copy_rates.assign((per_cluster * weights).astype(np.float32))
+        return self.epoch_size // max(np.count_nonzero(sizes), 1) + 1
+
+    def _draw(self, rng: np.random.Generator, labels: np.ndarray | None) -> np.ndarray:
+        num_chunks = self.source.params.num_chunks
+        keys = (self.rows[:, None] * num_chunks + np.arange(num_chunks)).ravel()
+        population = self._population_labels(labels).ravel()
+        assigned = population != UNASSIGNED
+        if not assigned.any():
+            return rng.permutation(keys)
+        order = np.argsort(population[assigned], kind="stable")
+        members = np.split(keys[assigned][order], np.cumsum(np.bincount(population[assigned]))[:-1])
+        members = [chunks for chunks in members if len(chunks)]
+        size = self.epoch_size // len(members) + 1
+        drawn = np.concatenate([rng.choice(chunks, size, replace=len(chunks) <= size) for chunks in members])
+        rng.shuffle(drawn)
+        return drawn[:self.epoch_size]
 
     def acceptance_rate(self) -> float:
-        """Expected share of clustered sentences with at least one chunk copied in a pass."""
-        clustered = self.assignments.numpy()[:, 0] != UNASSIGNED
-        if not clustered.any():
+        """Expected share of the assigned chunks an epoch draws at least once."""
+        sizes = self.assignments.cluster_sizes()
+        sizes = sizes[sizes > 0]
+        if not len(sizes):
             return 1.0
-        rates = self.copy_rates.numpy()[clustered].astype(np.float64)
-        return float(np.mean(1.0 - np.prod(np.clip(1.0 - rates, 0.0, 1.0), axis=1)))
+        size = self.per_cluster()
+        with np.errstate(divide="ignore"):  # a one-chunk cluster: log(0), always drawn
+            covered = np.where(sizes <= size, -np.expm1(size * np.log1p(-1.0 / sizes)), size / sizes)
+        return float((covered * sizes).sum() / sizes.sum())
 
-    def _emit(self, sentence: dict, copies: tf.Tensor) -> tf.data.Dataset:
-        positions = tf.repeat(tf.range(tf.size(copies)), copies)
-        cluster_labels = tf.gather(self.assignments.labels, sentence["index"])
+    def _gather(self, keys: tf.Tensor) -> dict:
+        num_chunks = self.source.params.num_chunks
 
-        def chunk(position: tf.Tensor) -> dict:
-            return {
-                "features": sentence["features"][position][tf.newaxis],
-                "labels": sentence["labels"],
-                "has_labels": sentence["has_labels"],
-                "index": sentence["index"],
-                "cluster_labels": cluster_labels[position][tf.newaxis],
-            }
+        def read(keys: np.ndarray) -> tuple[np.ndarray, ...]:
+            rows, positions = np.divmod(keys, num_chunks)
+            cache = self.cache
+            return (cache.read_chunks(rows, positions), cache.labels[rows], cache.has_labels[rows],
+                    cache.index[rows], positions)
 
-        return tf.data.Dataset.from_tensor_slices(positions).map(chunk)
-
-    def _epoch(self, epoch_seed: tf.Tensor) -> tf.data.Dataset:
-        def count_copies(position: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            rates = tf.gather(self.copy_rates, data.parse_index(serialized))
-            whole = tf.floor(rates)
-            extra = _uniform(tf.shape(rates), epoch_seed, position) < rates - whole
-            return serialized, tf.cast(whole, tf.int32) + tf.cast(extra, tf.int32)
-
-        sentences = self._records(epoch_seed, repeat=True).enumerate().map(count_copies)
-        # Sentences without any copy are dropped before their features are decoded.
-        sentences = sentences.filter(lambda serialized, copies: tf.reduce_any(copies > 0))
-        sentences = sentences.map(lambda serialized, copies: (self._parse(serialized), copies),
-                                  num_parallel_calls=AUTOTUNE)
-        chunks = sentences.flat_map(self._emit).shuffle(self.chunk_buffer, seed=epoch_seed + 3)
-        return chunks.take(self.epoch_size)
+        features, labels, has_labels, index, positions = tf.numpy_function(
+            read, [keys], [self._dtype, tf.float32, tf.bool, tf.int64, tf.int64], name="read_chunks")
+        element = self._element(features, labels, has_labels, index, (1, *self.source.params.feature_shape[1:]))
+        positions.set_shape([None])
+        element["cluster_labels"] = tf.gather_nd(self.assignments.labels, tf.stack([index, positions], axis=1))[:, None]
+        return element

@@ -1,8 +1,9 @@
 """Results tables laid out like the paper's: Tables 2-3 (models) and Tables 4-6 (sweeps).
 
-A table is rendered from samples only (``{(row, attribute): [CCC, ...]}``, one value per
-sub-set and trial), so it can be rebuilt from ``results.csv`` at any time. Significance
-follows the paper (Sec. 4.3): two-tailed t-test over the 4 x trials values, p < 0.05.
+A table is rendered from samples only (``{(row, attribute): {(trial, sub-set): CCC}}``),
+so it can be rebuilt from ``results.csv`` at any time. Significance follows the paper
+(Sec. 4.3): a two-tailed t-test, p < 0.05, by default over the 4 x trials values as
+independent samples; ``model.metrics.TESTS`` lists the paired and per-trial alternatives.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from model.metrics import SIGNIFICANCE_LEVEL, sample_std, significantly_better
+from model.metrics import (DEFAULT_TEST, SIGNIFICANCE_LEVEL, Keyed, SampleMismatch, sample_std,
+                           significantly_better)
 from model.variants import VARIANTS
 from pipeline.params import ATTRIBUTES
 
@@ -26,7 +28,7 @@ COLUMNS = {"arousal": "Aro.-CCC", "valence": "Val.-CCC", "dominance": "Dom.-CCC"
 SWEEP_SYMBOLS = {"clusters": "Q", "triplet-weight": "γ", "unlabeled-count": "|U|"}
 """How the paper's Tables 4-6 name the swept setting."""
 
-Samples = Mapping[tuple[str, str], Sequence[float]]
+Samples = Mapping[tuple[str, str], Keyed]
 
 
 def paper_name(model: str) -> str:
@@ -40,27 +42,36 @@ def paper_order(models: Sequence[str]) -> list[str]:
     return known + [m for m in models if m not in PAPER_ORDER]
 
 
-def markers(model: str, attribute: str, samples: Samples, level: float = SIGNIFICANCE_LEVEL) -> str:
+def markers(model: str, attribute: str, samples: Samples, level: float = SIGNIFICANCE_LEVEL,
+            test: str = DEFAULT_TEST) -> str:
     """'†*', '*', '†' or '' for a proposed (temp-*) model, as the paper's Tables 2-3.
 
     ``*``: significantly better than every reconstruction baseline present; ``†``: than
     every baseline present (reconstruction baselines, CNN-regressor and vanilla). A
-    marker needs at least one such baseline with values.
+    marker needs at least one such baseline with values. ``test`` names the t-test
+    (``model.metrics.TESTS``); a paired or per-trial test raises ``SampleMismatch`` when
+    the values of two models cannot be matched.
     """
     if not model.startswith(PROPOSED_PREFIX) or not samples.get((model, attribute)):
         return ""
 
+    def better(baseline: str) -> bool:
+        try:
+            return significantly_better(samples[(model, attribute)], samples[(baseline, attribute)], level, test)
+        except SampleMismatch as error:
+            raise SampleMismatch(f"{paper_name(model)} (first) against {paper_name(baseline)} (second), "
+                                 f"{attribute}: {error}") from error
+
     def beats_all(baselines: Sequence[str]) -> bool:
         present = [b for b in baselines if samples.get((b, attribute))]
-        return bool(present) and all(
-            significantly_better(samples[(model, attribute)], samples[(b, attribute)], level) for b in present)
+        return bool(present) and all(better(b) for b in present)
 
     return ("†" if beats_all(BASELINES) else "") + ("*" if beats_all(RECONSTRUCTION_BASELINES) else "")
 
 
 def _means(rows: Sequence[str], attributes: Sequence[str], samples: Samples) -> dict[tuple[str, str], float]:
     """Means rounded to the 4 digits shown (+ 0.0 turns -0.0 into 0.0), so ties in print tie in bold too."""
-    return {(r, a): round(float(np.mean(samples[(r, a)])), 4) + 0.0
+    return {(r, a): round(float(np.mean(list(samples[(r, a)].values()))), 4) + 0.0
             for r in rows for a in attributes if samples.get((r, a))}
 
 
@@ -70,7 +81,7 @@ def _best(means: Mapping[tuple[str, str], float], attribute: str) -> float | Non
 
 
 def _table(header: str, rows: Sequence[str], names: Sequence[str], attributes: Sequence[str], samples: Samples,
-           with_markers: bool) -> list[str]:
+           test: str | None) -> list[str]:
     means = _means(rows, attributes, samples)
     lines = [f"| {header} | " + " | ".join(COLUMNS[a] for a in attributes) + " |",
              "|---|" + "---:|" * len(attributes)]
@@ -83,23 +94,27 @@ def _table(header: str, rows: Sequence[str], names: Sequence[str], attributes: S
             value = f"{means[(row, attribute)]:.4f}"
             if means[(row, attribute)] == _best(means, attribute):
                 value = f"**{value}**"
-            mark = markers(row, attribute, samples) if with_markers else ""
+            mark = markers(row, attribute, samples, test=test) if test else ""
             cells.append(value + (f"<sup>{mark}</sup>" if mark else ""))
         lines.append(f"| *{name}* | " + " | ".join(cells) + " |")
     return lines
 
 
-def model_table(setting_label: str, models: Sequence[str], attributes: Sequence[str], samples: Samples) -> list[str]:
-    """Tables 2-3: one row per model (paper names, paper order), mean CCC, best bold, markers."""
+def model_table(setting_label: str, models: Sequence[str], attributes: Sequence[str], samples: Samples,
+                test: str | None = DEFAULT_TEST) -> list[str]:
+    """Tables 2-3: one row per model (paper names, paper order), mean CCC, best bold, markers by ``test``.
+
+    ``test=None`` leaves the markers out (for values that the test cannot match).
+    """
     rows = paper_order(models)
-    return _table(f"Approach ({setting_label})", rows, [paper_name(m) for m in rows], attributes, samples, True)
+    return _table(f"Approach ({setting_label})", rows, [paper_name(m) for m in rows], attributes, samples, test)
 
 
 def sweep_table(model: str, sweep: str, values: Sequence[str], attributes: Sequence[str],
                 samples: Samples) -> list[str]:
     """Tables 4-6: one row per swept value of one model; ``samples`` keyed by (value, attribute)."""
     symbol = SWEEP_SYMBOLS.get(sweep, sweep)
-    return _table(paper_name(model), list(values), [f"{symbol}={v}" for v in values], attributes, samples, False)
+    return _table(paper_name(model), list(values), [f"{symbol}={v}" for v in values], attributes, samples, None)
 
 
 def spread_table(header: str, rows: Sequence[str], names: Sequence[str], attributes: Sequence[str],
@@ -109,7 +124,7 @@ def spread_table(header: str, rows: Sequence[str], names: Sequence[str], attribu
              "|---|" + "---:|" * len(attributes)]
     for row, name in zip(rows, names):
         cells = [f"{round(float(np.mean(v)), 4) + 0.0:.4f} ± {sample_std(v):.4f} (n={len(v)})"
-                 if (v := samples.get((row, a))) else "—" for a in attributes]
+                 if (v := list(samples.get((row, a), {}).values())) else "—" for a in attributes]
         lines.append(f"| *{name}* | " + " | ".join(cells) + " |")
     return lines
 

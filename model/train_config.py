@@ -15,6 +15,13 @@ from pipeline.params import ATTRIBUTES
 PRECISIONS: tuple[str, ...] = ("float32", "mixed_bfloat16")
 """float32 as the reference; mixed_bfloat16 runs the encoder's conv blocks in bfloat16."""
 
+OPTIMIZER_MODES: tuple[str, ...] = ("reference", "paper")
+"""reference: SGD + Adam over all weights as the authors' code (model.optimizers); paper: the
+paper's wording, SGD on the encoder and Adam on the output layers."""
+
+KMEANS_INITS: tuple[str, ...] = ("random", "k-means++")
+"""random: faiss' start from randomly picked points (the reference); k-means++: greedy k-means++."""
+
 DEFAULT_LADDER_WEIGHTS: tuple[float, ...] = (1.0,) + (0.1,) * 7
 """Ladder denoising cost weights: the input level, then the encoder's seven conv blocks."""
 
@@ -39,9 +46,12 @@ class TrainConfig:
     jit_compile: bool = False
     precision: str = "float32"
     distribute: str = "none"
+    optimizers: str = "reference"
     encoder_lr: float = 0.001
     output_lr: float = 0.0005
+    classifier_lr: float = 0.05
     kmeans_iterations: int = 20
+    kmeans_init: str = "random"
     ccc_level: str = "chunk"
     reconstruction_weight: float = 1.0
     kl_weight: float = 1.0
@@ -57,6 +67,10 @@ class TrainConfig:
             raise ValueError(f"attributes must be a non-empty subset of {ATTRIBUTES}, got {self.attributes}")
         if self.ccc_level not in ("chunk", "sentence"):
             raise ValueError(f"ccc_level must be chunk or sentence, got {self.ccc_level!r}")
+        if self.optimizers not in OPTIMIZER_MODES:
+            raise ValueError(f"optimizers must be one of {OPTIMIZER_MODES}, got {self.optimizers!r}")
+        if self.kmeans_init not in KMEANS_INITS:
+            raise ValueError(f"kmeans_init must be one of {KMEANS_INITS}, got {self.kmeans_init!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.precision != "float32" and get_variant(self.model).reconstruction:
@@ -69,7 +83,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.clusters < 2 and get_variant(self.model).clustering:
             raise ValueError("clusters must be >= 2 for a clustering model")
-        for name in ("reconstruction_weight", "kl_weight", "ladder_noise"):
+        for name in ("encoder_lr", "output_lr", "classifier_lr", "reconstruction_weight", "kl_weight",
+                     "ladder_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if len(self.ladder_weights) != len(DEFAULT_LADDER_WEIGHTS) or min(self.ladder_weights) < 0:

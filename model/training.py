@@ -18,6 +18,7 @@ import math
 import os
 import posixpath
 import time
+import uuid
 from typing import Any, Callable, Mapping
 
 import keras
@@ -27,17 +28,22 @@ import tensorflow as tf
 from model.data import SplitSource, inference_batches
 from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
 from model.export import export_saved_model
+from model.multiworker import data_sharding, in_multi_worker_mode, is_chief, scratch_folder, work_around_keras_fit
+from model.joblog import FILENAME as LOG_FILE, JobLog
 from model.network import EmoClusterNet
 from model.predictions import inference_function, output_of, predict_split
+from model.progress import Reporter
 from model.reclustering import ReclusterCallback, Reclusterer
 from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
+from model.split_cache import SplitCache
 from model.train_config import TrainConfig
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES, FeatureParams
 
 TRAIN, DEV, TEST, UNLABELED = "train", "dev", "test", "unlabeled"
 STATE_FILE = "state.json"
+CURVES_FILE = "training_curves.png"
 
 
 class TrainingError(RuntimeError):
@@ -64,6 +70,24 @@ class JobPaths:
 
     def file(self, name: str) -> str:
         return posixpath.join(self.root, name)
+
+    def to_record(self) -> dict[str, str]:
+        """The output folders as config.json records them: relative to the job folder when
+        inside it (so a copied job still finds its own), else as given (``AIP_*`` folders)."""
+        root = self.root.rstrip("/") + "/"
+        return {name: path[len(root):] if path.startswith(root) else path
+                for name, path in ((field, getattr(self, field).rstrip("/")) for field in _OUTPUT_FOLDERS)}
+
+    @classmethod
+    def from_record(cls, job_dir: str, record: Mapping[str, str] | None) -> "JobPaths":
+        """The folders a job recorded (``to_record``); the default layout for jobs that predate it."""
+        if not record:
+            return cls.resolve(job_dir, environ={})
+        return cls(root=job_dir, **{field: record[field] if "://" in record[field] or record[field].startswith("/")
+                                    else posixpath.join(job_dir, record[field]) for field in _OUTPUT_FOLDERS})
+
+
+_OUTPUT_FOLDERS = ("model_dir", "checkpoint_dir", "tensorboard_dir")
 
 
 @dataclasses.dataclass
@@ -95,7 +119,8 @@ class Progress:
 def write_text(path: str, text: str) -> None:
     """Writes through a temporary name and a rename, so a kill never leaves half a file."""
     tf.io.gfile.makedirs(posixpath.dirname(path))
-    temporary = f"{path}.tmp-{os.getpid()}"
+    # A random name: the process id is 1 in every container of a multi-worker job.
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     with tf.io.gfile.GFile(temporary, "w") as handle:
         handle.write(text)
     tf.io.gfile.rename(temporary, path, overwrite=True)
@@ -110,6 +135,18 @@ def history_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def write_training_curves(path: str, config: TrainConfig, progress: Progress, loss_terms: list[str]) -> None:
+    """training_curves.png from the history rows (through a buffer: matplotlib cannot write gs://)."""
+    from model import plots
+
+    buffer = io.BytesIO()
+    title = (f"{config.variant.paper_name or config.model} ({config.setting.upper()}), "
+             f"{', '.join(config.attributes)}: {posixpath.basename(posixpath.dirname(path))}")
+    plots.training_curves(buffer, progress.history, config.attributes, loss_terms, title, progress.best_epoch)
+    with tf.io.gfile.GFile(path, "wb") as handle:
+        handle.write(buffer.getvalue())
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
@@ -139,14 +176,19 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data_dir: str, job: JobPaths, metadata: Metadata,
                  log: Callable[[str], None] = print, verbose: int = 1,
-                 report_metric: Callable[[float, int], None] | None = None):
+                 report_metric: Callable[[float, int], None] | None = None, init_from: str | None = None):
         self.config = config
         self.report_metric = report_metric  # (dev CCC mean, epoch) to hyperparameter tuning
         self.data_dir = data_dir
         self.job = job
+        # Every replica reads the job's folders; only the chief writes there (model.multiworker).
+        self.chief = is_chief(config.distribute)
+        self.out = job if self.chief else JobPaths.resolve(scratch_folder(), environ={})
         self.metadata = metadata
         self.log = log
         self.verbose = verbose
+        # Embedding, K-means and dev scoring: a live line on a terminal unless --quiet; logged lines always.
+        self.reporter = Reporter(log=lambda text: self.log(text), live=None if verbose else False)
         self.attributes = tuple(config.attributes)
         self.strategy = _strategy(config.distribute)
         keras.utils.set_random_seed(config.seed)
@@ -155,17 +197,24 @@ class Trainer:
         tf.random.set_seed(config.seed + 1)
         with self.strategy.scope():
             net = build_net(config, metadata.params)
+            if init_from:  # a converted release (pretrained/); a resumed run then restores its own checkpoint
+                from model.convert_reference import load_release_weights
+
+                load_release_weights(net, init_from, self.attributes[0], metadata.params)
             self.model = DeepEmoCluster(config, net)
             self.model.compile(jit_compile=config.jit_compile)
+        if in_multi_worker_mode(self.strategy):
+            work_around_keras_fit(self.model)
         self._infer = inference_function(net, config.jit_compile)
         self._predict = output_of(self._infer, "predictions")
         self.stages = self._build_stages()
         self.progress = Progress()
-        self.checkpoint = tf.train.Checkpoint(
+        self._state_names: tuple[str, ...] = ()
+        """The checkpoints the state file on disk names: never rewritten (``_fresh_prefix``)."""
+        self.checkpoint = training_checkpoint(
             net=variables_checkpoint(net.variables),
-            optimizers=variables_checkpoint([v for optimizer in (
-                self.model.encoder_optimizer, self.model.output_optimizer, self.model.classifier_optimizer)
-                for v in optimizer.variables]),
+            optimizers=variables_checkpoint([v for group in self.model.optimizer_groups
+                                             for v in group.optimizer.variables]),
             triplet_rng=self.model.triplet_rng,
             **{f"{stage.name}_sampler_epochs": stage.sampler.epochs_started for stage in self.stages},
             **{f"{stage.name}_assignments": stage.sampler.assignments.labels
@@ -182,28 +231,24 @@ class Trainer:
         source = SplitSource.from_metadata(self.data_dir, split, self.metadata)
         subset = None
         if split == UNLABELED and self.config.unlabeled_count:
-            subset = _sample_indices(self.data_dir, source, self.config.unlabeled_count, self.config.seed)
-            source = dataclasses.replace(source, count=len(subset))
+            subset = _sample_indices(source, self.config.unlabeled_count, self.config.seed)
         variant = self.config.variant
         sampler_class = {"sentence": SentenceSampler, "chunk": ChunkSampler, "plain": PlainSampler}[variant.sampler]
-        sampler = sampler_class(source)
+        sampler = sampler_class(source, subset=subset)
         reclusterer = None
         if variant.clustering:
             embed = output_of(self._infer, "cluster_features")
             reclusterer = Reclusterer(
-                name=split, embed_fn=embed, batches=lambda: self._embedding_batches(split, subset),
+                name=split, embed_fn=embed, batches=lambda: self._embedding_batches(sampler),
                 sampler=sampler, num_clusters=self.config.clusters,
-                iterations=self.config.kmeans_iterations, seed=self.config.seed)
+                iterations=self.config.kmeans_iterations, seed=self.config.seed, init=self.config.kmeans_init,
+                progress=self.reporter)
         return Stage(split, supervised, sampler, reclusterer)
 
-    def _embedding_batches(self, split: str, subset: np.ndarray | None) -> tf.data.Dataset:
-        batches = inference_batches(self.data_dir, split, self.metadata.params, self.config.batch_size,
-                                    keys=("features", "index"))
-        if subset is None:
-            return batches
-        keep = tf.constant(subset, tf.int64)
-        return batches.unbatch().filter(
-            lambda element: tf.reduce_any(tf.equal(element["index"], keep))).batch(self.config.batch_size)
+    def _embedding_batches(self, sampler: PlainSampler | SentenceSampler | ChunkSampler) -> tf.data.Dataset:
+        """The sentences the stage trains on (the SSL subset, when there is one), each once,
+        read from the sampler's random-access store."""
+        return sampler.ordered_batches(self.config.batch_size)
 
     def _batches(self, stage: Stage, epoch: int) -> tf.data.Dataset:
         columns = [ATTRIBUTES.index(a) for a in self.attributes]
@@ -221,7 +266,7 @@ class Trainer:
         if stage.sampler.__class__ is ChunkSampler:
             batch_size *= self.metadata.params.num_chunks
         seed = self.config.seed * 1000 + len(self.stages) * epoch + self.stages.index(stage)
-        return stage.sampler.dataset(batch_size, seed).map(to_model_batch)
+        return stage.sampler.dataset(batch_size, seed).map(to_model_batch).with_options(data_sharding())
 
     def restore(self) -> bool:
         """Restores the last completed stage, if the job directory holds one."""
@@ -230,8 +275,9 @@ class Trainer:
             return False
         with tf.io.gfile.GFile(state_path) as handle:
             self.progress = Progress(**json.load(handle))
+        self._state_names = (self.progress.checkpoint, self.progress.best_checkpoint)
         if self.progress.checkpoint:
-            self.checkpoint.restore(self._local(self.progress.checkpoint)).expect_partial()
+            restore_checkpoint(self.checkpoint, self._local(self.progress.checkpoint))
         if self.progress.finished:
             self.log(f"resuming from epoch {self.progress.epoch}: training finished, finalising "
                      f"(checkpoint {self.progress.checkpoint})")
@@ -241,21 +287,57 @@ class Trainer:
         return True
 
     def _local(self, prefix: str) -> str:
-        """A saved checkpoint prefix inside this job's checkpoint folder (the job may have moved)."""
+        """A saved checkpoint prefix inside this job's checkpoint folder (the job may have moved);
+        a non-chief replica reads its own copy when it wrote one."""
+        own = checkpoint_in(self.out.checkpoint_dir, prefix)
+        if self.chief or tf.io.gfile.exists(own + ".index"):
+            return own
         return checkpoint_in(self.job.checkpoint_dir, prefix)
 
+    def _remove(self, prefix: str) -> None:
+        """Removes a checkpoint this replica wrote (never the chief's, from another replica)."""
+        _remove_checkpoint(checkpoint_in(self.out.checkpoint_dir, prefix))
+
+    def _fresh_prefix(self, stem: str) -> str:
+        """``stem`` in this replica's checkpoint folder, suffixed ``-1``, ``-2``... while a
+        checkpoint the state names (on disk, or about to) has that name: TensorFlow rewrites an
+        existing checkpoint in place, and a kill during the rewrite would leave the state
+        naming half a file, which no later run could restore."""
+        named = {posixpath.basename(p) for p in (self.progress.checkpoint, self.progress.best_checkpoint,
+                                                 *self._state_names) if p}
+        name, suffix = stem, 0
+        while name in named:
+            suffix += 1
+            name = f"{stem}-{suffix}"
+        return posixpath.join(self.out.checkpoint_dir, name)
+
     def _save(self) -> None:
-        """Checkpoint first, then the state that points at it: a kill in between keeps the old pair."""
-        prefix = posixpath.join(self.job.checkpoint_dir, f"ckpt-e{self.progress.epoch:03d}-s{self.progress.stage}")
+        """A new checkpoint first, then the state that points at it, then the old one goes: a
+        kill at any moment leaves the state naming complete checkpoints."""
+        prefix = self._fresh_prefix(f"ckpt-e{self.progress.epoch:03d}-s{self.progress.stage}")
         previous = self.progress.checkpoint
         self.progress.checkpoint = self.checkpoint.write(prefix)
-        write_text(posixpath.join(self.job.checkpoint_dir, STATE_FILE), json.dumps(dataclasses.asdict(self.progress)))
+        write_text(posixpath.join(self.out.checkpoint_dir, STATE_FILE), json.dumps(dataclasses.asdict(self.progress)))
+        self._state_names = (self.progress.checkpoint, self.progress.best_checkpoint)
         if previous and previous not in (self.progress.checkpoint, self.progress.best_checkpoint):
-            _remove_checkpoint(self._local(previous))
+            self._remove(previous)
 
     def run(self) -> dict[str, Any]:
+        """Trains (or resumes) and finalises; what it logs, and an error that stops it, also go to JOB/train.log."""
+        try:
+            with JobLog(self.out.file(LOG_FILE)) as job_log:
+                log, self.log = self.log, job_log.tee(self.log)
+                try:
+                    return self._train()
+                finally:
+                    self.log = log
+        finally:
+            if not self.chief:
+                tf.io.gfile.rmtree(self.out.root)
+
+    def _train(self) -> dict[str, Any]:
         self.restore()
-        writer = tf.summary.create_file_writer(self.job.tensorboard_dir)
+        writer = tf.summary.create_file_writer(self.out.tensorboard_dir)
         while not self.progress.finished and self.progress.epoch < self.config.epochs:
             epoch = self.progress.epoch
             while self.progress.stage < len(self.stages):
@@ -274,7 +356,7 @@ class Trainer:
         stats: dict[str, float] = {}
         guard = NonFiniteLossGuard()
         callbacks: list[keras.callbacks.Callback] = [guard, keras.callbacks.TensorBoard(
-            posixpath.join(self.job.tensorboard_dir, stage.name), update_freq="epoch")]
+            posixpath.join(self.out.tensorboard_dir, stage.name), update_freq="epoch")]
         if stage.reclusterer is not None:
             callbacks.insert(0, ReclusterCallback(stage.reclusterer, len(self.stages) * epoch + self.stages.index(stage), stats))
         if self.verbose:
@@ -318,29 +400,29 @@ class Trainer:
             for key, value in row.items():
                 if isinstance(value, float) and math.isfinite(value):
                     tf.summary.scalar(key, value)
-        write_text(self.job.file("history.csv"), history_csv(self.progress.history))
+        write_text(self.out.file("history.csv"), history_csv(self.progress.history))
         self.log(_epoch_line(epoch + 1, self.config.epochs, row, improved, list(self.model.trackers)))
         stop = bool(self.config.patience) and self.progress.epochs_without_improvement >= self.config.patience
         self.progress.epoch, self.progress.stage, self.progress.row = epoch + 1, 0, {}
         old_best = self.progress.best_checkpoint
         if improved:
-            self.progress.best_checkpoint = self.checkpoint.write(
-                posixpath.join(self.job.checkpoint_dir, f"best-e{epoch + 1:03d}"))
+            self.progress.best_checkpoint = self.checkpoint.write(self._fresh_prefix(f"best-e{epoch + 1:03d}"))
         if stop:
             self.log(f"early stopping: no dev improvement for {self.config.patience} epochs")
             self.progress.finished = True
         self._save()
         if improved and old_best and old_best != self.progress.best_checkpoint:
-            _remove_checkpoint(self._local(old_best))
+            self._remove(old_best)
 
     def _finalise(self) -> dict[str, Any]:
         if self.progress.best_checkpoint:
-            self.checkpoint.restore(self._local(self.progress.best_checkpoint)).expect_partial()
+            restore_checkpoint(self.checkpoint, self._local(self.progress.best_checkpoint))
         metrics: dict[str, Any] = {"best_epoch": self.progress.best_epoch, "model": self.config.model,
                                    "setting": self.config.setting, "attributes": list(self.attributes)}
         probe = None
         for split in (DEV, TEST):
-            if split not in self.metadata.splits or not self.metadata.splits[split].count:
+            if split not in self.metadata.splits or not self.metadata.splits[split].count \
+                    or not self.metadata.splits[split].labelled:
                 continue
             predictions = predict_split(self._predict, self.data_dir, split, self.metadata, self.attributes,
                                         self.config.batch_size)
@@ -351,8 +433,9 @@ class Trainer:
             probe = batch["features"].numpy()
             break
         metrics["export"] = export_saved_model(self.model.net, self.metadata, self.attributes,
-                                               self.job.model_dir, probe, self.data_dir)
-        write_text(self.job.file("metrics.json"), json.dumps(metrics, indent=2))
+                                               self.out.model_dir, probe, self.data_dir)
+        write_text(self.out.file("metrics.json"), json.dumps(metrics, indent=2))
+        write_training_curves(self.out.file(CURVES_FILE), self.config, self.progress, list(self.model.trackers))
         self.log(f"best epoch {metrics['best_epoch']}: " + "; ".join(
             f"{split} CCC " + ", ".join(f"{a} {v:.3f}" for a, v in metrics[split]["ccc"].items())
             for split in (DEV, TEST) if split in metrics))
@@ -366,9 +449,46 @@ def variables_checkpoint(variables) -> tf.train.Checkpoint:
     Keras 3 keeps sub-layers and optimizer slots in lists that the object graph of
     ``tf.train.Checkpoint`` does not follow (a plain ``Checkpoint(net=net)`` silently
     leaves out every layer held in a list), so the variables are listed explicitly. The
-    architecture is rebuilt from config.json, so positions always match.
+    architecture is rebuilt from config.json, so positions match; ``restore_checkpoint``
+    refuses a checkpoint whose variables do not all match.
     """
     return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
+
+
+def training_checkpoint(**children: Any) -> tf.train.Checkpoint:
+    """A root checkpoint whose ``save_counter`` exists before it is written: ``restore``
+    creates it otherwise, and then it is the one unmatched object ``restore_checkpoint``'s
+    strict check finds."""
+    checkpoint = tf.train.Checkpoint(**children)
+    checkpoint.save_counter  # noqa: B018 (creates the variable)
+    return checkpoint
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False) -> None:
+    """Restores ``prefix`` into ``checkpoint``, or raises TrainingError saying why.
+
+    Every variable of ``checkpoint`` must be in the file, and unless ``partial`` every
+    value in the file must find its variable: a checkpoint of another architecture is
+    refused rather than leaving weights at their initial values.
+    """
+    try:
+        tf.train.list_variables(prefix)
+    except (tf.errors.OpError, ValueError) as error:
+        raise TrainingError(f"checkpoint {prefix} cannot be read: {_first_line(error)}") from error
+    try:
+        status = checkpoint.restore(prefix)
+    except (ValueError, tf.errors.OpError) as error:  # a variable of another shape or dtype
+        raise TrainingError(f"checkpoint {prefix} does not match this network: {_first_line(error)}") from error
+    status.expect_partial()  # no warnings at exit: a mismatch is raised here instead
+    try:
+        status.assert_existing_objects_matched() if partial else status.assert_consumed()
+    except AssertionError as error:
+        raise TrainingError(f"checkpoint {prefix} does not match this network (another architecture or "
+                            f"Keras version?): {_first_line(error)[:500]}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def build_net(config: TrainConfig, params: FeatureParams) -> EmoClusterNet | ReconstructionNet:
@@ -397,10 +517,10 @@ def _epoch_line(epoch: int, epochs: int, row: Mapping[str, Any], improved: bool,
     return " | ".join(parts)
 
 
-def _sample_indices(data_dir: str, source: SplitSource, count: int, seed: int) -> np.ndarray:
-    """A seeded subset of ``count`` record indices of a split (the paper's 15K of the pool)."""
-    indices = np.concatenate([batch["index"].numpy() for batch in inference_batches(
-        data_dir, source.split, source.params, 1024, keys=("index",))])
+def _sample_indices(source: SplitSource, count: int, seed: int) -> np.ndarray:
+    """A seeded subset of ``count`` record indices of a split (the paper's 15K of the pool),
+    drawn once per run: the same seed always keeps the same sentences."""
+    indices = SplitCache.open(source).index  # in the records' fixed order, as they were read
     if count >= len(indices):
         return np.sort(indices)
     return np.sort(np.random.default_rng(seed).choice(indices, size=count, replace=False))

@@ -10,9 +10,7 @@ import functools
 import io
 import re
 
-import librosa
 import numpy as np
-import scipy.fft
 import soundfile
 
 from pipeline.params import FeatureParams
@@ -39,34 +37,122 @@ def _missing_data(parser_log: str) -> str | None:
     return None
 
 
-def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
+DEFAULT_MAX_SECONDS = 600.0
+"""Longest audio ``decode_audio`` accepts by default (the pipeline's ``--max-audio-seconds``)."""
+SAMPLE_RATES = (1000, 384000)
+"""Sample rates (Hz) a header may declare; outside them it is corrupt or hostile (a 1 Hz
+header would be resampled 16,000x)."""
+_BLOCK_FRAMES = 1 << 16
+_OGG_PAGE = b"OggS"
+_OGG_BOS, _OGG_EOS = 0x02, 0x04
+
+
+def decode_audio(data: bytes, sample_rate: int, max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Decodes any format soundfile reads into mono float32 at ``sample_rate``.
 
-    Raises AudioError for empty, corrupt, truncated or non-finite audio.
+    The header is checked before anything is decoded: a sample rate outside
+    ``SAMPLE_RATES`` or more than ``max_seconds`` of audio (which includes headers
+    claiming absurd lengths) is rejected, so one file cannot make a worker allocate
+    gigabytes. Decoding then goes block by block into one mono buffer of the declared
+    length, so a file costs its bytes, plus ``4 * max_seconds * source rate`` bytes at
+    most, plus the resampled output. Raises AudioError for empty, corrupt, truncated
+    (WAV/AIFF data chunk, frame count, Ogg pages), over-long or non-finite audio, and
+    for a decode that runs out of memory.
     """
     if not data:
         raise AudioError("empty file (0 bytes)")
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as sound:
-            declared = sound.frames
-            source_rate = sound.samplerate
-            missing = _missing_data(sound.extra_info)
-            samples = sound.read(dtype="float32", always_2d=True)
+        sound = soundfile.SoundFile(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-        detail = getattr(error, "error_string", None) or str(error)  # libsndfile's words, no object repr
-        raise AudioError(f"unreadable audio: {detail}") from error
-    if samples.shape[0] == 0:
+        raise _unreadable(error) from error
+    with sound:
+        declared, source_rate = sound.frames, sound.samplerate
+        _check_header(declared, source_rate, max_seconds)
+        missing = _missing_data(sound.extra_info)
+        try:
+            mono = _read_mono(sound, declared)
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+            raise _unreadable(error) from error
+        except MemoryError as error:
+            raise AudioError(f"out of memory: decoding {declared} frames of {sound.channels} channels") from error
+    if mono.size == 0:
         raise AudioError("audio has no samples")
     if missing:
         raise AudioError(f"truncated audio: {missing}")
-    if 0 < declared and samples.shape[0] < declared:
-        raise AudioError(f"truncated audio: header declares {declared} frames, read {samples.shape[0]}")
-    mono = samples.mean(axis=1)
+    if mono.size < declared:
+        raise AudioError(f"truncated audio: header declares {declared} frames, read {mono.size}")
+    cut_ogg = _ogg_truncation(data) if data.startswith(_OGG_PAGE) else None
+    if cut_ogg:
+        raise AudioError(f"truncated audio: {cut_ogg}")
     if not np.all(np.isfinite(mono)):
         raise AudioError("audio contains non-finite samples")
     if source_rate != sample_rate:
-        mono = librosa.resample(mono, orig_sr=source_rate, target_sr=sample_rate, res_type="soxr_hq")
+        import librosa  # here, not at the top: only resampling needs it (librosa pulls in scipy.signal)
+
+        try:
+            mono = librosa.resample(mono, orig_sr=source_rate, target_sr=sample_rate, res_type="soxr_hq")
+        except MemoryError as error:
+            raise AudioError(f"out of memory: resampling {mono.size} samples from {source_rate} Hz") from error
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _unreadable(error: Exception) -> AudioError:
+    detail = getattr(error, "error_string", None) or str(error)  # libsndfile's words, no object repr
+    return AudioError(f"unreadable audio: {detail}")
+
+
+def _check_header(frames: int, rate: int, max_seconds: float) -> None:
+    """Rejects, before decoding, a sample rate outside ``SAMPLE_RATES`` and audio over ``max_seconds``.
+
+    libsndfile reports a FLAC stream of unknown length as 2**63 - 1 frames: rejected
+    here too, as its length cannot be bounded before decoding.
+    """
+    low, high = SAMPLE_RATES
+    if not low <= rate <= high:
+        raise AudioError(f"unsupported sample rate: header declares {rate} Hz, accepted {low}..{high} Hz")
+    if frames > max_seconds * rate:
+        raise AudioError(f"too long: header declares {frames} frames ({frames / rate:.1f} s) at {rate} Hz, "
+                         f"over the {max_seconds:g} s cap")
+
+
+def _read_mono(sound: soundfile.SoundFile, declared: int) -> np.ndarray:
+    """The file's channel mean, read ``_BLOCK_FRAMES`` at a time into one buffer (bit-identical
+    to reading it whole: the mean is taken row by row); shorter than ``declared`` when cut."""
+    mono = np.empty(declared, np.float32)
+    filled = 0
+    while filled < declared:
+        block = sound.read(min(_BLOCK_FRAMES, declared - filled), dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        mono[filled:filled + block.shape[0]] = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+        filled += block.shape[0]
+    return mono[:filled]
+
+
+def _ogg_truncation(data: bytes) -> str | None:
+    """Says where an Ogg file is cut, or None when every stream ends with its end-of-stream page.
+
+    libsndfile takes an Ogg file's length from its last page, so a file cut after any
+    page decodes as shorter audio without an error; walking the page headers (27
+    bytes and a segment table each) finds a cut page or a missing end of stream.
+    """
+    offset, open_streams = 0, set()
+    while data.startswith(_OGG_PAGE, offset):
+        table = offset + 27
+        if table > len(data) or table + data[table - 1] > len(data):
+            return f"Ogg page at byte {offset} is cut"
+        end = table + data[table - 1] + sum(data[table:table + data[table - 1]])
+        if end > len(data):
+            return f"Ogg page at byte {offset} needs {end - offset} bytes, the file holds {len(data) - offset}"
+        flags, serial = data[offset + 5], data[offset + 14:offset + 18]
+        if flags & _OGG_BOS:
+            open_streams.add(serial)
+        if flags & _OGG_EOS:
+            open_streams.discard(serial)
+        offset = end
+    if open_streams:
+        return f"Ogg stream ends at byte {offset} without its end-of-stream page"
+    return None
 
 
 def peak_normalise(waveform: np.ndarray) -> np.ndarray:
@@ -85,6 +171,8 @@ def mel_filterbank(params: FeatureParams) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """Built once per setting: ``librosa.feature.melspectrogram`` rebuilds it on every call."""
+    import librosa
+
     basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
                                 htk=False, norm="slaney").astype(np.float32)
     basis.setflags(write=False)
@@ -98,6 +186,8 @@ def stft_window(params: FeatureParams) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _window(n_fft: int, win_length: int) -> np.ndarray:
+    import librosa
+
     window = librosa.util.pad_center(librosa.filters.get_window("hann", win_length, fftbins=True), size=n_fft)
     window.setflags(write=False)
     return window
@@ -114,6 +204,8 @@ def mel_spectrogram(waveform: np.ndarray, params: FeatureParams) -> np.ndarray:
     """
     padded = np.pad(np.asarray(waveform, dtype=np.float32), params.n_fft // 2, mode=params.pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft)[::params.hop_length]
+    import scipy.fft  # here: decoding alone (the predictor) does not need it
+
     spectrum = scipy.fft.rfft(frames * stft_window(params), axis=-1).astype(np.complex64)
     power = np.abs(spectrum) ** params.power
     mel = np.einsum("...ft,mf->...mt", power.T, mel_filterbank(params), optimize=True).T.astype(np.float32)

@@ -11,10 +11,12 @@ list a split whose labels are withheld).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -47,6 +49,9 @@ _SPLIT_NAMES = {"train": "train", "validation": "dev", "development": "dev",
 _SPLIT_PATTERN = re.compile(r"[a-z0-9_]+")
 _RESERVED_SPLITS = ("errors", "inputs", "metadata")
 """Names of the pipeline's other outputs; a split with one of them would collide."""
+
+
+_LOG = logging.getLogger(__name__)
 
 
 class CorpusError(ValueError):
@@ -100,6 +105,9 @@ def read_msp_podcast(data_root: str, labels_path: str | None = None) -> list[Utt
     utterances = []
     for line, row in rows:
         file_name = row[MSP_COLUMNS["file"]].strip()
+        if not file_name or posixpath.basename(file_name.replace("\\", "/")) != file_name:
+            raise CorpusError(f"{labels_path} line {line}: FileName {file_name!r} is not a file name in "
+                              f"{audio_dir}")
         utterances.append(Utterance(
             utt_id=utt_id_of(file_name),
             path=FileSystems.join(audio_dir, file_name),
@@ -121,6 +129,9 @@ def read_csv_manifest(manifest: str) -> list[Utterance]:
         path = row["path"].strip()
         if not path:
             raise CorpusError(f"{manifest} line {line}: empty path")
+        if not _is_absolute(path) and posixpath.normpath(path.replace("\\", "/")).startswith("../"):
+            raise CorpusError(f"{manifest} line {line}: relative path {path!r} leads outside the manifest's "
+                              "folder; give it as an absolute path if that is meant")
         utterances.append(Utterance(
             utt_id=utt_id_of(path),
             path=path if _is_absolute(path) else FileSystems.join(base, path),
@@ -183,7 +194,42 @@ def read_corpus(
         pool = list_unlabeled(unlabeled, unlabeled_count, seed)
         utterances += pool
         source.update(unlabeled=unlabeled, unlabeled_count=len(pool), seed=seed)
-    return Corpus(assign_indices(utterances), source)
+    check_unique(utterances)
+    return Corpus(assign_indices(mark_missing_labels(utterances)), source)
+
+
+MISSING_LABELS = (math.nan, math.nan, math.nan)
+"""Labels of a row without any in a labelled split: the pipeline rejects it (``check_labels``)."""
+
+
+def mark_missing_labels(utterances: Sequence[Utterance]) -> list[Utterance]:
+    """Rows without labels in a split whose other rows have them get ``MISSING_LABELS``.
+
+    A split with no labels at all stays unlabelled (the pool, or a release's hidden test
+    set); a row with three empty cells among labelled rows is a broken row, and must reach
+    neither a loss nor a score, so it goes to the dead letters instead of being written.
+    """
+    labelled = {u.split for u in utterances if u.labels is not None}
+    return [dataclasses.replace(u, labels=MISSING_LABELS) if u.labels is None and u.split in labelled else u
+            for u in utterances]
+
+
+def check_unique(utterances: Sequence[Utterance]) -> None:
+    """Refuses an audio file listed twice, or two files with one id (the id names a record).
+
+    A file in two splits is a leak (a test sentence trained on) and a file twice in one
+    split counts twice; neither is what a manifest means, so the run stops before it starts.
+    """
+    seen: dict[str, Utterance] = {}
+    by_id: dict[str, Utterance] = {}
+    for utterance in utterances:
+        path = posixpath.normpath(utterance.path) if "://" not in utterance.path else utterance.path
+        for key, index, what in ((path, seen, "audio file"), (utterance.utt_id, by_id, "utterance id")):
+            other = index.setdefault(key, utterance)
+            if other is not utterance:
+                where = (f"in splits {other.split!r} and {utterance.split!r} (a leak between splits)"
+                         if other.split != utterance.split else f"twice in split {utterance.split!r}")
+                raise CorpusError(f"{what} {key!r} is listed {where}: list each file once")
 
 
 def assign_indices(utterances: Iterable[Utterance]) -> list[Utterance]:
@@ -228,7 +274,7 @@ def _read_csv(path: str, required: Sequence[str]) -> list[tuple[int, Mapping[str
     """(line number, row) pairs of a CSV file read through Beam FileSystems."""
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            text = raw.read().decode("utf-8-sig")
+            text = _decoded(raw.read(), path)
     except OSError as error:
         raise CorpusError(f"cannot read {path}: {error}") from error
     reader = csv.DictReader(io.StringIO(text))
@@ -236,6 +282,21 @@ def _read_csv(path: str, required: Sequence[str]) -> list[tuple[int, Mapping[str
     if missing:
         raise CorpusError(f"{path} lacks column(s) {missing}; it has {reader.fieldnames}")
     return [(reader.line_num, row) for row in reader]
+
+
+def _decoded(data: bytes, path: str) -> str:
+    """A CSV file's text: UTF-16 when it starts with a byte-order mark (Excel's "Unicode
+    text"), else UTF-8 (with or without BOM), else Windows-1252 / Latin-1 with a warning."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        _LOG.warning("%s is not UTF-8: read as Windows-1252 (Latin-1)", path)
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined
+        return data.decode("latin-1")
 
 
 def _checked_split(value: str | None, source: str, line: int) -> str:

@@ -15,7 +15,7 @@ import threadpoolctl
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.audio import AudioError, decode_audio
+from pipeline.audio import DEFAULT_MAX_SECONDS, AudioError, decode_audio
 from pipeline.corpus import Utterance
 from pipeline.features import waveform_to_mel
 from pipeline.params import ATTRIBUTES, LABEL_RANGE, FeatureParams
@@ -25,6 +25,7 @@ UNREADABLE_FILE = "unreadable file"
 NON_FINITE_LABEL = "non-finite label"
 LABEL_OUT_OF_RANGE = "label out of range"
 TOO_SHORT = "too short"
+MISSING_LABELS = "missing labels"
 
 _BLAS = threadpoolctl.ThreadpoolController()
 """Runners parallelise over elements, one per core; OpenBLAS threads on top of that
@@ -43,6 +44,8 @@ def check_labels(utterance: Utterance) -> None:
     """Rejects NaN/inf labels and labels outside the 1..7 attribute scale."""
     if utterance.labels is None:
         return
+    if all(math.isnan(value) for value in utterance.labels):
+        raise Rejected(f"{MISSING_LABELS}: no {', '.join(ATTRIBUTES)} in a split whose other rows are labelled")
     low, high = LABEL_RANGE
     for name, value in zip(ATTRIBUTES, utterance.labels):
         if not math.isfinite(value):
@@ -62,15 +65,17 @@ def read_audio_bytes(path: str) -> bytes:
         raise Rejected(f"{UNREADABLE_FILE}: {error}") from error
 
 
-def utterance_mel(utterance: Utterance, params: FeatureParams) -> np.ndarray:
+def utterance_mel(utterance: Utterance, params: FeatureParams,
+                  max_audio_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Peak-normalised mel spectrogram [T, n_mels] of an accepted utterance.
 
     Checks the labels first (cheap), then decodes to mono audio at the feature rate,
-    which must be at least ``params.min_seconds`` long.
+    which must be at least ``params.min_seconds`` and at most ``max_audio_seconds`` long
+    (``--max-audio-seconds``: the bound on one file's decoding memory).
     """
     check_labels(utterance)
     try:
-        waveform = decode_audio(read_audio_bytes(utterance.path), params.sample_rate)
+        waveform = decode_audio(read_audio_bytes(utterance.path), params.sample_rate, max_audio_seconds)
     except AudioError as error:
         raise Rejected(str(error)) from error
     if waveform.size < params.min_samples:

@@ -143,6 +143,7 @@ class Metadata:
         self,
         required_splits: Sequence[str] = (),
         expected_shape: tuple[int, int, int] | None = None,
+        labelled_splits: Sequence[str] = (),
     ) -> None:
         """Raises MetadataError naming the first mismatch with what the consumer needs."""
         if self.schema_version != SCHEMA_VERSION:
@@ -167,3 +168,8 @@ class Metadata:
             if self.splits[split].count == 0:
                 raise MetadataError(f"split {split!r} is empty: every one of its inputs was rejected "
                                     "(see errors-*.jsonl) or none was given")
+        for split in labelled_splits:
+            if split in self.splits and not self.splits[split].labelled:
+                raise MetadataError(f"split {split!r} holds records without labels: it cannot be trained "
+                                    "on or scored (re-run the pipeline: rows without labels in a labelled "
+                                    "split now go to the dead letters)")

@@ -6,18 +6,21 @@ feature flags default to None so that ``FeatureParams`` keeps the only copy of t
 defaults; ``feature_params()`` builds the one settings object of a run.
 
 ``--labels`` is also Beam's flag for Dataflow job labels (``key=value``), so a
-``--labels`` value without ``=`` is taken as the label CSV (``--labels-file``) before
-Beam parses the flags, and job labels keep working.
+``--labels`` value that is an existing file or not shaped like a job label is taken as
+the label CSV (``--labels-file``) before Beam parses the flags, and job labels keep working.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import sys
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATES
 from pipeline.corpus import CORPUS_KINDS, CSV, MSP_PODCAST
 from pipeline.params import CHUNK_SHIFTS, PAD_MODES, SHORT_RULES, STORAGE_DTYPES, FeatureParams
 from pipeline.sinks import DEFAULT_GZIP_LEVEL, GZIP_LEVELS
@@ -50,8 +53,17 @@ def route_label_file(flags: Sequence[str]) -> list[str]:
     return routed
 
 
+_GLOB_CHARACTERS = ("[", "]", "*", "?")
+_JOB_LABEL = re.compile(r"[a-z0-9_-]+=[a-z0-9_-]*(,[a-z0-9_-]+=[a-z0-9_-]*)*")
+"""What a Dataflow job label (``key=value``, lower case, digits, ``_``, ``-``) looks like."""
+
+
 def _is_path(value: str) -> bool:
-    return "=" not in value and not value.lstrip().startswith("{")
+    """A label CSV path: an existing file, or anything that is neither ``key=value`` nor JSON
+    (a path may hold an ``=``, a job label cannot hold ``/`` or ``.``)."""
+    if os.path.exists(value) or "://" in value:
+        return True
+    return not _JOB_LABEL.fullmatch(value.strip()) and not value.lstrip().startswith("{")
 
 
 def _default(field: str) -> str:
@@ -86,6 +98,10 @@ class PreprocessOptions(PipelineOptions):
               help=f"ISA-L compression level of the record files, 0 (fastest) to 3 (smallest, about "
                    f"zlib's 6); default {DEFAULT_GZIP_LEVEL}. The records are the same at any level")
         _flag(parser, "max-seconds", type=float, help=f"T_max of paper Eq. 2 ({_default('max_seconds')})")
+        _flag(parser, "max-audio-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+              help=f"longer audio is rejected from its header before decoding, which bounds one file's "
+                   f"decoding memory to about 4 bytes x this x its sample rate (default {DEFAULT_MAX_SECONDS:g}; "
+                   f"sample rates outside {SAMPLE_RATES[0]}..{SAMPLE_RATES[1]} Hz are rejected too)")
         _flag(parser, "chunk-seconds", type=float, help=f"chunk length w_c ({_default('chunk_seconds')})")
         _flag(parser, "chunk-shift", choices=CHUNK_SHIFTS,
               help=f"chunk placement, floor as the reference or float as Eq. 1 ({_default('chunk_shift')})")
@@ -109,6 +125,9 @@ class PreprocessOptions(PipelineOptions):
             raise OptionsError(f"--corpus is required: one of {', '.join(CORPUS_KINDS)}")
         if not self.output:
             raise OptionsError("--output is required")
+        if any(character in self.output for character in _GLOB_CHARACTERS):
+            raise OptionsError(f"--output {self.output!r} holds one of {' '.join(_GLOB_CHARACTERS)}: Beam's file "
+                               "sinks read the folder back as a glob pattern, so choose a name without them")
         if self.corpus == MSP_PODCAST:
             if not self.data_root:
                 raise OptionsError("--corpus msp-podcast needs --data-root DIR")
@@ -126,6 +145,8 @@ class PreprocessOptions(PipelineOptions):
                 raise OptionsError("--unlabeled-count must be at least 1")
         if self.gzip_level not in GZIP_LEVELS:
             raise OptionsError(f"--gzip-level must be 0..3 (ISA-L levels), got {self.gzip_level}")
+        if not self.max_audio_seconds > 0:
+            raise OptionsError(f"--max-audio-seconds must be positive, got {self.max_audio_seconds}")
         if self.num_shards < 0:
             raise OptionsError("--num-shards must be 0 (runner decides) or positive")
         try:

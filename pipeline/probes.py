@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.pvalue import AsSingleton
 
-from pipeline.audio import AudioError, decode_audio
+from pipeline.audio import DEFAULT_MAX_SECONDS, AudioError, decode_audio
 from pipeline.corpus import TRAIN, Utterance
 from pipeline.extract import Rejected, read_audio_bytes, utterance_mel
 from pipeline.features import mel_to_chunks
@@ -111,14 +111,16 @@ class _Probe(beam.DoFn):
     waveform, so a probe's audio is decoded a second time: a few files per run.
     """
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, params: FeatureParams, max_audio_seconds: float):
         super().__init__()
         self._params = params
+        self._max_audio_seconds = max_audio_seconds
 
     def process(self, utterance: Utterance, stats: Moments) -> Iterator[Probe]:
         try:
-            mel = utterance_mel(utterance, self._params)
-            waveform = decode_audio(read_audio_bytes(utterance.path), self._params.sample_rate)
+            mel = utterance_mel(utterance, self._params, self._max_audio_seconds)
+            waveform = decode_audio(read_audio_bytes(utterance.path), self._params.sample_rate,
+                                    self._max_audio_seconds)
         except (Rejected, AudioError):
             return
         features = mel_to_chunks(mel, stats.mean, stats.std, self._params)
@@ -133,8 +135,10 @@ class WriteProbes(beam.PTransform):
     """
 
     def __init__(self, output: str, params: FeatureParams, splits: Sequence[str],
-                 feature_stats: beam.PCollection, count: int = PROBE_COUNT):
+                 feature_stats: beam.PCollection, count: int = PROBE_COUNT,
+                 max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
+        self._max_audio_seconds = max_audio_seconds
         self._output = output
         self._params = params
         self._split = probe_split(splits)
@@ -147,6 +151,6 @@ class WriteProbes(beam.PTransform):
         split, candidates = self._split, self._count * CANDIDATES_PER_PROBE
         return (utterances
                 | "Candidates" >> beam.Filter(lambda u: u.split == split and u.index < candidates)
-                | "Probe" >> beam.ParDo(_Probe(self._params), stats=AsSingleton(self._feature_stats))
+                | "Probe" >> beam.ParDo(_Probe(self._params, self._max_audio_seconds), stats=AsSingleton(self._feature_stats))
                 | "Lowest" >> beam.combiners.Top.Smallest(self._count, key=_index)
                 | "Write" >> beam.Map(lambda probes: write_probes(output, probes, params)))

@@ -6,14 +6,17 @@ can construct the graph without executing it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fnmatch
 import logging
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
+from model.progress import Reporter
 from pipeline import records
 from pipeline.corpus import TRAIN, Corpus, CorpusError, Utterance, labelled_splits, read_corpus, split_sizes
 from pipeline.metadata import FILENAME as METADATA_FILE
@@ -23,6 +26,7 @@ from pipeline.probes import FILENAME as PROBES_FILE, WriteProbes
 from pipeline.stats import MeanStdFn
 from pipeline.spill import FOLDER as SPILL_FOLDER, RemoveSpill, SpillMels
 from pipeline.transforms import (
+    DECODED,
     ERRORS,
     ERRORS_PREFIX,
     ERRORS_SUFFIX,
@@ -81,8 +85,8 @@ def load_corpus(options: PreprocessOptions) -> Corpus:
                        unlabeled_count=options.unlabeled_count, seed=options.seed)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
-    """Reads the corpus (driver side), stages its input list and adds the whole graph."""
+def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> int:
+    """Reads the corpus (driver side), stages its input list and adds the whole graph; returns the input count."""
     options.check()
     check_fresh_output(options.output)
     params = options.feature_params()
@@ -100,16 +104,18 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
     # waiting on a buffered PCollection shared with the other pass.
     train = (pipeline | "ReadTrainInputs" >> ReadUtterances(inputs)
              | "TrainOnly" >> beam.Filter(is_train)
-             | "DecodeTrain" >> DecodeUtterances(params))
+             | "DecodeTrain" >> DecodeUtterances(params, options.max_audio_seconds))
     feature_stats = train.mels | "FeatureStats" >> FeatureStats(params)
     spilled_mels, spill_files = train.mels | "SpillTrainMels" >> SpillMels(options.output)
     others = (pipeline | "ReadInputs" >> ReadUtterances(inputs)
               | "OtherSplits" >> beam.Filter(is_not_train))
     encoded = {TRAIN: spilled_mels | "EncodeTrain" >> EncodeUtterances(params, feature_stats, decode=False),
-               OTHER_SPLITS: others | "EncodeOtherSplits" >> EncodeUtterances(params, feature_stats, decode=True)}
+               OTHER_SPLITS: others | "EncodeOtherSplits" >> EncodeUtterances(
+                   params, feature_stats, decode=True, max_audio_seconds=options.max_audio_seconds)}
     errors = (train[ERRORS], encoded[OTHER_SPLITS][ERRORS]) | "AllErrors" >> beam.Flatten()
     (pipeline | "ReadProbeInputs" >> ReadUtterances(inputs)
-     | "Probes" >> WriteProbes(options.output, params, list(sizes), feature_stats))
+     | "Probes" >> WriteProbes(options.output, params, list(sizes), feature_stats,
+                               max_audio_seconds=options.max_audio_seconds))
     record_files = ({name: outputs.records for name, outputs in encoded.items()}
                     | "WriteRecords" >> WriteRecords(
                         options.output, {TRAIN: [TRAIN], OTHER_SPLITS: [s for s in sizes if s != TRAIN]},
@@ -124,13 +130,31 @@ def build_pipeline(pipeline: beam.Pipeline, options: PreprocessOptions) -> None:
     ({"feature_stats": feature_stats, "label_stats": label_stats, "counts": counts, "files": files,
       "spill_files": spill_removed}
      | "WriteMetadata" >> WriteMetadata(options.output, params, sizes, labelled_splits(corpus.utterances),
-                                        {**source, "gzip_level": options.gzip_level}))
+                                        {**source, "gzip_level": options.gzip_level,
+                                         "max_audio_seconds": options.max_audio_seconds}))
+    return len(corpus.utterances)
 
 
 def run(options: PreprocessOptions) -> PipelineResult:
-    """Builds the graph, runs it on the chosen runner and waits until it is done."""
+    """Builds the graph, runs it on the chosen runner and waits until it is done.
+
+    When the workers run in this process (the DirectRunner, unless multi_processing), the
+    driver shows how many inputs they decoded, with a rate and the time left; elsewhere each
+    worker logs its own counts (``transforms``) and Dataflow shows its counters.
+    """
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options)
-    result = pipeline.run()
-    result.wait_until_finish()
+    inputs = build_pipeline(pipeline, options)
+    reporter = Reporter(log=_LOG.info)
+    shown = (reporter.watch(DECODED, "pipeline", inputs, "inputs decoded") if workers_in_process(options)
+             else contextlib.nullcontext())
+    with shown:
+        result = pipeline.run()
+        result.wait_until_finish()
     return result
+
+
+def workers_in_process(options: PreprocessOptions) -> bool:
+    """Whether the DoFns run in this process, counting into its ``DECODED`` tally."""
+    runner = options.view_as(StandardOptions).runner
+    return (runner is None or str(runner).lower() in ("directrunner", "direct")) and \
+        options.view_as(DirectOptions).direct_running_mode != "multi_processing"

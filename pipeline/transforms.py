@@ -21,7 +21,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
+from model.progress import Tally
 from pipeline import records
+from pipeline.audio import DEFAULT_MAX_SECONDS
 from pipeline.corpus import TRAIN, Utterance
 from pipeline.extract import Rejected, utterance_mel
 from pipeline.features import mel_to_chunks
@@ -39,6 +41,9 @@ REJECTED = "rejected"
 PROGRESS_SECONDS = 30.0
 
 _LOG = logging.getLogger(__name__)
+DECODED = Tally()
+"""Utterances decoded or rejected in this process: what the driver shows when the DirectRunner's
+workers run inside it (``pipeline.run``)."""
 
 
 class ReadUtterances(beam.PTransform):
@@ -86,45 +91,51 @@ class _OutcomeCounter:
         Metrics.counter(METRICS_NAMESPACE, f"{split}_{outcome}").inc()
         self._done[outcome] += 1
         now = time.monotonic()
-        if now - self._last_report >= PROGRESS_SECONDS:
+        if now - self._last_report >= PROGRESS_SECONDS and not DECODED.watched:
             self._last_report = now
             _LOG.info("this worker so far: %d utterances written, %d rejected",
                       self._done[WRITTEN], self._done[REJECTED])
 
 
-def mel_or_error(utterance: Utterance, params: FeatureParams, counter: _OutcomeCounter) -> np.ndarray | TaggedOutput:
+def mel_or_error(utterance: Utterance, params: FeatureParams, counter: _OutcomeCounter,
+                 max_audio_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray | TaggedOutput:
     """The utterance's mel spectrogram, or its error record tagged for the dead letter (counted)."""
     try:
-        return utterance_mel(utterance, params)
+        return utterance_mel(utterance, params, max_audio_seconds)
     except Rejected as rejected:
         counter.count(utterance.split, REJECTED)
         return TaggedOutput(ERRORS, error_record(utterance, rejected.reason))
+    finally:
+        DECODED.add()
 
 
 class _Decode(beam.DoFn):
     """Utterance -> (utterance, mel), or an error record on the dead letter."""
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, params: FeatureParams, max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
         self._params = params
+        self._max_audio_seconds = max_audio_seconds
 
     def setup(self) -> None:
         self._counter = _OutcomeCounter()
 
     def process(self, utterance: Utterance) -> Iterator:
-        mel = mel_or_error(utterance, self._params, self._counter)
+        mel = mel_or_error(utterance, self._params, self._counter, self._max_audio_seconds)
         yield mel if isinstance(mel, TaggedOutput) else (utterance, mel)
 
 
 class DecodeUtterances(beam.PTransform):
     """Utterances -> DoOutputsTuple: ``mels`` ((utterance, mel) pairs) and ``errors``."""
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, params: FeatureParams, max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
         self._params = params
+        self._max_audio_seconds = max_audio_seconds
 
     def expand(self, utterances: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return utterances | "Decode" >> beam.ParDo(_Decode(self._params)).with_outputs(ERRORS, main="mels")
+        return utterances | "Decode" >> beam.ParDo(_Decode(self._params, self._max_audio_seconds)).with_outputs(
+            ERRORS, main="mels")
 
 
 def _frames(pair: tuple[Utterance, np.ndarray]) -> np.ndarray:
@@ -147,9 +158,10 @@ class FeatureStats(beam.PTransform):
 class _Encode(beam.DoFn):
     """(utterance, mel) -> (split, serialised Example), normalised with the train stats."""
 
-    def __init__(self, params: FeatureParams):
+    def __init__(self, params: FeatureParams, max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
         self._params = params
+        self._max_audio_seconds = max_audio_seconds
 
     def setup(self) -> None:
         self._counter = _OutcomeCounter()
@@ -177,7 +189,7 @@ class _DecodeEncode(_Encode):
     PCollection for the statistics; or an error record on the dead letter."""
 
     def process(self, utterance: Utterance, stats: Moments) -> Iterator:
-        mel = mel_or_error(utterance, self._params, self._counter)
+        mel = mel_or_error(utterance, self._params, self._counter, self._max_audio_seconds)
         if isinstance(mel, TaggedOutput):
             yield mel
             return
@@ -196,9 +208,10 @@ class EncodeUtterances(beam.PTransform):
     ERRORS = ERRORS
     TRAIN_LABELS = "train_labels"
 
-    def __init__(self, params: FeatureParams, feature_stats: beam.PCollection, decode: bool):
+    def __init__(self, params: FeatureParams, feature_stats: beam.PCollection, decode: bool,
+                 max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
-        self._fn = (_DecodeEncode if decode else _Encode)(params)
+        self._fn = (_DecodeEncode if decode else _Encode)(params, max_audio_seconds)
         self._feature_stats = feature_stats
 
     def expand(self, inputs: beam.PCollection) -> beam.pvalue.DoOutputsTuple:

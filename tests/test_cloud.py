@@ -13,9 +13,12 @@ import importlib.util
 import json
 import re
 import shlex
+import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from fnmatch import fnmatch
 from pathlib import Path
@@ -29,7 +32,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 import trainer
 from model import hypertune
-from model.export import SERVE_WAVEFORM, SERVING_DEFAULT
+from model.export import SERVE_WAV_BYTES, SERVE_WAVEFORM, SERVE_WAVEFORM_FEATURES, SERVING_DEFAULT
 from pipeline.options import PreprocessOptions
 from pipeline.run import build_pipeline
 from tests.fixtures.jobs import train_job
@@ -312,10 +315,13 @@ def trainer_args(pool: dict) -> list[str]:
 
 def test_the_vertex_ai_job_configs_run_the_trainer_image_with_valid_arguments() -> None:
     configs = job_configs()
-    assert set(configs) == {"cloudbuild-dataflow", "train-temp-gru", "train-mirrored", "train-multiworker", "hptuning"}
+    assert set(configs) == {"cloudbuild-dataflow", "train-temp-gru", "train-spot", "train-mirrored",
+                            "train-multiworker", "hptuning"}
     image = doc_variables()["TRAINER_IMAGE"]
     parser = trainer.build_parser()
-    specs = {name: configs[name] for name in ("train-temp-gru", "train-mirrored", "train-multiworker")}
+    specs = {name: configs[name] for name in ("train-temp-gru", "train-spot", "train-mirrored", "train-multiworker")}
+    # Spot capacity, and a restart of every replica when one is restarted: training resumes.
+    assert configs["train-spot"]["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
     specs["hptuning"] = configs["hptuning"]["trialJobSpec"]
     parsed = {}
     for name, spec in specs.items():
@@ -348,9 +354,33 @@ def test_the_tuning_config_maximises_the_reported_metric_over_trainer_flags() ->
     assert trainer.build_parser().parse_args(args).hypertune
     for parameter in config["studySpec"]["parameters"]:
         spec = parameter.get("doubleValueSpec") or {"minValue": parameter["discreteValueSpec"]["values"][0]}
-        # Vertex AI appends --PARAMETER_ID=VALUE to the trial's arguments.
-        parsed = trainer.build_parser().parse_args(args + [f"--{parameter['parameterId']}={spec['minValue']}"])
+        # Vertex AI appends --PARAMETER_ID=VALUE to the trial's arguments, every value as a
+        # float string (a discrete 5 arrives as --clusters=5.0).
+        value = float(spec["minValue"])
+        parsed = trainer.build_parser().parse_args(args + [f"--{parameter['parameterId']}={value}"])
         assert getattr(parsed, parameter["parameterId"].replace("-", "_")) == spec["minValue"]
+
+
+def test_the_vertex_ai_endpoint_serves_with_tf_serving_at_the_trainers_tensorflow_version() -> None:
+    """The prebuilt TensorFlow prediction containers stop at 2.15: the documented route is
+    TF Serving's own image at the pinned TensorFlow, as a custom container."""
+    version = pins()["tensorflow-cpu"]
+    (upload,) = commands(CLOUD_DOC, "gcloud ai models upload")
+    image = flag_value(upload, "--container-image-uri")
+    assert image == doc_variables()["SERVING_IMAGE"] and image.endswith(f"/tf-serving:{version}")
+    assert [f"tensorflow/serving:{version}", image] in [argv[2:] for argv in commands(CLOUD_DOC, "docker tag")]
+    assert flag_value(upload, "--container-predict-route") == "/v1/models/deepemocluster:predict"
+    assert "vertex-ai/prediction/tf2" not in CLOUD_DOC.read_text()
+
+
+def test_integer_flags_take_integral_floats_and_refuse_fractions(capsys: pytest.CaptureFixture) -> None:
+    required = ["--data-dir", "d", "--job-dir", "j", "--model", "temp-gru"]
+    parsed = trainer.build_parser().parse_args(required + ["--clusters=10.0", "--epochs=3.0", "--seed=-2.0"])
+    assert (parsed.clusters, parsed.epochs, parsed.seed) == (10, 3, -2) and isinstance(parsed.clusters, int)
+    for value in ("10.5", "ten", "inf"):
+        with pytest.raises(SystemExit):
+            trainer.build_parser().parse_args(required + [f"--clusters={value}"])
+        assert f"argument --clusters: expected an integer, got '{value}'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- Vertex AI and tf.distribute
@@ -367,11 +397,159 @@ def test_a_mirrored_run_on_the_cpu_writes_where_the_vertex_ai_variables_point(
     assert np.isfinite(metrics["dev"]["ccc"]["valence"]) and np.isfinite(metrics["test"]["ccc"]["valence"])
     assert json.loads((job / "config.json").read_text())["config"]["distribute"] == "mirrored"
     assert (base / "model" / "saved_model.pb").is_file()
-    assert set(tf.saved_model.load(str(base / "model")).signatures) == {SERVING_DEFAULT, SERVE_WAVEFORM}
+    assert set(tf.saved_model.load(str(base / "model")).signatures) == {
+        SERVING_DEFAULT, SERVE_WAVEFORM, SERVE_WAV_BYTES, SERVE_WAVEFORM_FEATURES}
     assert (base / "checkpoints" / "state.json").is_file() and list((base / "checkpoints").glob("best-e001.index"))
     assert list((base / "logs").rglob("events.out.tfevents.*"))
     assert {"config.json", "history.csv", "metrics.json"} <= {p.name for p in job.iterdir()}
     assert not {"model", "checkpoints", "logs"} & {p.name for p in job.iterdir()}
+
+
+def test_a_vertex_ai_job_records_its_folders_and_no_other_run_adopts_its_checkpoints(
+        tiny_features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """config.json says where the AIP_* folders were, readers follow it, and a new --job-dir
+    over the same AIP_CHECKPOINT_DIR is refused; the flags come as Vertex AI tuning sends them."""
+    from model.data import inference_batches
+    from model.jobs import load_job
+
+    base = tmp_path / "vertex"
+    folders = {"AIP_MODEL_DIR": base / "model", "AIP_CHECKPOINT_DIR": base / "checkpoints",
+               "AIP_TENSORBOARD_LOG_DIR": base / "logs"}
+    for variable, folder in folders.items():
+        monkeypatch.setenv(variable, f"{folder}/")
+    flags = ["--model", "regressor", "--attributes", "valence", "--epochs=1.0", "--batch-size=6.0", "--clusters=10.0"]
+    job = train_job(tiny_features, tmp_path / "job", *flags)
+    record = json.loads((job / "config.json").read_text())
+    assert record["config"]["clusters"] == 10 and record["config"]["epochs"] == 1
+    assert record["paths"] == {"model_dir": str(base / "model"), "checkpoint_dir": str(base / "checkpoints"),
+                               "tensorboard_dir": str(base / "logs")}
+    assert json.loads((base / "checkpoints" / "owner.json").read_text())["run_id"] == record["run_id"]
+
+    for variable in folders:  # readers run elsewhere, without Vertex AI's variables
+        monkeypatch.delenv(variable)
+    trained = load_job(str(job))
+    features = next(iter(inference_batches(str(tiny_features), "dev", trained.metadata.params, 6,
+                                           keys=("features",))))["features"]
+    served = tf.saved_model.load(str(base / "model")).signatures[SERVING_DEFAULT](features=features)["valence"]
+    mean, std = trained.metadata.label_stats.vectors(("valence",))
+    restored = trained.net(features, training=False)["predictions"][:, 0] * std[0] + mean[0]
+    np.testing.assert_allclose(restored.numpy(), served.numpy(), atol=1e-5)
+
+    for variable, folder in folders.items():
+        monkeypatch.setenv(variable, f"{folder}/")
+    state = (base / "checkpoints" / "state.json").read_text()
+    other = ["--data-dir", str(tiny_features), "--job-dir", str(tmp_path / "other-job"), "--quiet", *flags, "--seed", "1"]
+    assert trainer.main(other) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert not (tmp_path / "other-job" / "config.json").exists()
+    assert (base / "checkpoints" / "state.json").read_text() == state
+
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", f"{tmp_path / 'elsewhere'}/")
+    assert trainer.main(["--data-dir", str(tiny_features), "--job-dir", str(job), "--quiet", *flags]) == 2
+    assert "whose outputs went to" in capsys.readouterr().err
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that nothing listens on (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+MULTIWORKER_SECONDS = 480
+"""Bound on the two-worker run: about a minute on 2 idle cores, more on a loaded machine."""
+
+
+def test_two_multiworker_replicas_on_loopback_leave_one_consistent_job(tiny_features: Path, tmp_path: Path) -> None:
+    """Two ``MultiWorkerMirroredStrategy`` workers (chief and worker, as Vertex AI's two pools)
+    train one job: the chief writes the job folder, the worker only its own scratch folder."""
+    from model.jobs import load_job
+
+    job, scratch = tmp_path / "job", tmp_path / "tmp"
+    scratch.mkdir()
+    chief_port, worker_port = free_ports(2)
+    cluster = {"chief": [f"127.0.0.1:{chief_port}"], "worker": [f"127.0.0.1:{worker_port}"]}
+    command = [sys.executable, str(ROOT / "trainer.py"), "--data-dir", str(tiny_features), "--job-dir", str(job),
+               "--model", "regressor", "--attributes", "valence", "--epochs", "1", "--batch-size", "6",
+               "--distribute", "multiworker", "--quiet"]
+    processes, logs = [], []
+    for task in ("chief", "worker"):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}})
+        logs.append((tmp_path / f"{task}.log").open("w"))
+        processes.append(subprocess.Popen(
+            command, cwd=tmp_path, stdout=logs[-1], stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CONFIG": tf_config, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+                 "TMPDIR": str(scratch)}))
+    try:
+        deadline = time.monotonic() + MULTIWORKER_SECONDS
+        statuses = [process.wait(timeout=max(1.0, deadline - time.monotonic())) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
+    tails = {task: (tmp_path / f"{task}.log").read_text()[-3000:] for task in ("chief", "worker")}
+    assert statuses == [0, 0], tails
+
+    state = json.loads((job / "checkpoints" / "state.json").read_text())
+    assert state["finished"] and state["epoch"] == 1 and state["best_epoch"] == 1
+    assert (job / "checkpoints" / f"{Path(state['best_checkpoint']).name}.index").is_file()
+    assert (job / "checkpoints" / f"{Path(state['checkpoint']).name}.index").is_file()
+    record = json.loads((job / "config.json").read_text())
+    assert json.loads((job / "checkpoints" / "owner.json").read_text())["run_id"] == record["run_id"]
+    assert len((job / "history.csv").read_text().splitlines()) == 2
+    assert json.loads((job / "metrics.json").read_text())["export"]["waveform_probes"] == 3
+    assert set(tf.saved_model.load(str(job / "model")).signatures) >= {SERVING_DEFAULT, SERVE_WAVEFORM}
+    assert not [p for p in job.rglob("*") if ".tmp-" in p.name], "a temporary file was left behind"
+    assert not list(scratch.glob("deepemocluster-worker-*")), "the worker's scratch folder was left behind"
+    assert load_job(str(job)).best_epoch == 1
+
+
+# ---------------------------------------------------------------- online prediction
+
+def test_an_11_second_wav_request_fits_the_online_prediction_limit_and_answers_like_serve_waveform(
+        trained_job: Path) -> None:
+    """The JSON body TF Serving and Vertex AI take for ``serve_wav_bytes`` (the WAV file as
+    ``{"b64": ...}``), decoded as they decode it, gives ``serve_waveform``'s scores."""
+    import base64
+    import io
+
+    import soundfile
+
+    from model.export import REQUEST_LIMIT_BYTES
+    from pipeline.params import ATTRIBUTES
+    from tests.fixtures.edge_audio import speech_like
+
+    waveform = speech_like(11.0, seed=3)
+    wav = io.BytesIO()
+    soundfile.write(wav, waveform, 16000, subtype="PCM_16", format="WAV")
+    body = json.dumps({"signature_name": SERVE_WAV_BYTES,
+                       "instances": [{"b64": base64.b64encode(wav.getvalue()).decode()}]}).encode()
+    assert len(body) < REQUEST_LIMIT_BYTES / 3
+    as_samples = json.dumps({"signature_name": SERVE_WAVEFORM, "inputs": {"waveform": waveform.tolist()}})
+    assert len(as_samples) > REQUEST_LIMIT_BYTES  # the documented waveform request could not carry it
+
+    loaded = tf.saved_model.load(str(trained_job / "model"))
+    request = json.loads(body)
+    served = loaded.signatures[request["signature_name"]](
+        wav_bytes=tf.constant([base64.b64decode(instance["b64"]) for instance in request["instances"]]))
+    quantised = soundfile.read(io.BytesIO(wav.getvalue()), dtype="float32")[0]
+    by_samples = loaded.signatures[SERVE_WAVEFORM](waveform=tf.constant(quantised))
+    by_float = loaded.signatures[SERVE_WAVEFORM](waveform=tf.constant(waveform))
+    assert set(by_samples) == set(served) == set(ATTRIBUTES), "features stay out of the prediction responses"
+    for attribute in ATTRIBUTES:
+        assert served[attribute].shape == (1,)
+        assert abs(float(served[attribute][0]) - float(by_samples[attribute][0])) < 1e-5
+        assert abs(float(served[attribute][0]) - float(by_float[attribute][0])) < 1e-3
+    features = loaded.signatures[SERVE_WAVEFORM_FEATURES](waveform=tf.constant(waveform))["features"]
+    assert features.shape == tuple(loaded.signatures[SERVING_DEFAULT].structured_input_signature[1]["features"].shape[1:])
 
 
 # ---------------------------------------------------------------- hyperparameter tuning
@@ -427,12 +605,22 @@ STRING_ONLY = ("os.path.join", "os.path.basename", "os.path.dirname", "os.path.s
 LOCAL_ONLY = {
     ("pipeline/corpus.py", "os.path.abspath"):
         "makes a local manifest path absolute; a path with a scheme (gs://) is returned before it",
+    ("pipeline/options.py", "os.path.exists"):
+        "tells a local labels path holding '=' from a Beam job label; a gs:// path is a path anyway",
+    ("model/predict.py", "os.path.exists"): "compares local output and input paths (gs:// compared as text before)",
+    ("model/predict.py", "os.path.samefile"): "compares local output and input paths (gs:// compared as text before)",
+    ("model/predict.py", "os.path.realpath"): "compares local output and input paths (gs:// compared as text before)",
 }
 """Allowed local-only calls in otherwise path-agnostic modules, each with its reason."""
 
 LOCAL_ONLY_MODULES = {
     "model/evaluate.py": "writes its report (JSON, CSV, PNG figures) into a local --output folder",
     "model/experiments.py": "keeps an experiment's runs, logs and result tables in a local --output folder",
+    "model/allocator.py": "finds the allocator library in the local virtual environment and reads /proc",
+    "model/convert_reference.py": "converts a local copy of the authors' repository into a local folder",
+    "model/torch_legacy.py": "reads a local legacy torch.save file (the converter's input)",
+    "model/split_cache.py": "the samplers' random-access cache lives on local disk by design (gs:// data is "
+                            "cached in a local temporary folder)",
 }
 """Whole modules that work on local folders by design. Data and job paths everywhere else go
 through tf.io.gfile or Beam FileSystems; add an entry only where a local path is the point."""

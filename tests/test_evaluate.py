@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import types
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from model import analysis
-from model.evaluate import main as evaluate_main
+from model.evaluate import JobResult, build_parser, main as evaluate_main, run_analyses
+from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.jobs import train_job
 
@@ -74,6 +77,42 @@ def test_tsne_map_gives_two_coordinates_per_point_even_for_few_points() -> None:
     assert len(set(picked.tolist())) == 7 and np.array_equal(picked, np.sort(picked))
 
 
+def planted_infer(features: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A stand-in network: every chunk of a sentence has the same embedding h (a value of the
+    sentence's features), while the cluster features sit at one of 4 far-apart places by chunk
+    position, as a temporal net could make them. K-means on h: no transitions; on the cluster
+    features: a change at (nearly) every step."""
+    chunks = features.shape[1]
+    level = tf.reduce_mean(features, axis=[1, 2, 3])[:, None, None]
+    embeddings = tf.tile(tf.concat([level, 10 * level], axis=-1), [1, chunks, 1])
+    position = tf.cast(tf.range(chunks), tf.float32)[None, :, None] * 10.0
+    cluster_features = tf.concat([position + 0.01 * level, tf.zeros_like(position + level)], axis=-1)
+    return {"embeddings": embeddings, "cluster_features": cluster_features}
+
+
+def planted_transition(data_dir: Path, *flags: str) -> dict:
+    metadata = Metadata.load(str(data_dir))
+    config = types.SimpleNamespace(variant=types.SimpleNamespace(clustering=True), clusters=4, kmeans_iterations=20)
+    job = types.SimpleNamespace(infer=planted_infer, data_dir=str(data_dir), metadata=metadata, config=config)
+    result = JobResult(job, "planted", None, np.zeros(0), {})
+    args = build_parser().parse_args(["--data-dir", str(data_dir), "--job-dir", "-", "--output", "-", "--no-tsne",
+                                      "--no-probe", *flags])
+    run_analyses(result, args)
+    return result.report["transition_ratio"]
+
+
+def test_transition_ratio_clusters_the_encoder_embeddings_by_default(tiny_features: Path) -> None:
+    default = planted_transition(tiny_features)
+    assert default["features"] == "embeddings" and default["transition_features"] == "embeddings"
+    assert default["mean"] == 0.0 and default["sentences"] == 6 and default["clusters"] == 4
+    assert "Eq. 4" in default["basis"]
+    for flag in ("cluster-features", "cluster_features"):
+        after_temporal_net = planted_transition(tiny_features, "--transition-features", flag)
+        assert after_temporal_net["features"] == "cluster_features"
+        assert after_temporal_net["transition_features"] == "cluster-features"
+        assert min(after_temporal_net["per_sentence"].values()) >= 1 / 3, "every sentence changes cluster"
+
+
 def assert_readable_png(path: Path) -> None:
     """Written, drawn on (not a blank canvas) and of a readable size."""
     image = matplotlib.image.imread(path)[..., :3]
@@ -108,9 +147,10 @@ def test_evaluate_scores_a_job_runs_the_analyses_and_overlays_a_compared_job(
     assert subsets["count"] == 4 and sum(subsets["sizes"]) == 6
     assert all(len(subsets["ccc"][a]) == 4 for a in ATTRIBUTES)
 
-    # Temporal consistency: K-means on the cluster features with the job's Q; C = 4 chunks.
+    # Temporal consistency: K-means on the encoder embeddings h with the job's Q; C = 4 chunks.
     transition = metrics["transition_ratio"]
-    assert transition["features"] == "cluster_features" and transition["clusters"] == 10
+    assert transition["features"] == "embeddings" and transition["clusters"] == 10
+    assert transition["transition_features"] == "embeddings" and metrics["tsne"]["clustered_on"] == "embeddings"
     assert transition["distribution"]["bins"] == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert sum(transition["distribution"]["counts"]) == 6 and len(transition["per_sentence"]) == 6
     per_sentence = np.array(list(transition["per_sentence"].values()))
@@ -139,7 +179,8 @@ def test_evaluate_scores_a_job_runs_the_analyses_and_overlays_a_compared_job(
     assert all(r["pred_valence"] == "" for r in rows if r["label"] == compared["label"])
     assert len(list(csv.DictReader((out / "tsne.csv").open()))) == 40
     printed = capsys.readouterr().out
-    assert "Temp-GRU (SSL)" in printed and "CNN-regressor (FSL)" in printed and "transition ratio" in printed
+    assert "Temp-GRU (SSL)" in printed and "CNN-regressor (FSL)" in printed
+    assert "transition ratio: mean" in printed and "(Q=10 on embeddings)" in printed
 
 
 def test_evaluate_skips_analyses_on_request_and_rejects_a_folder_that_is_no_job(
@@ -150,7 +191,8 @@ def test_evaluate_skips_analyses_on_request_and_rejects_a_folder_that_is_no_job(
     metrics = json.loads((out / "metrics.json").read_text())
     assert not {"transition_ratio", "tsne", "linear_probe"} & set(metrics)
     assert metrics["subsets"]["count"] == 2 and metrics["subsets"]["seed"] == 3
-    assert sorted(p.name for p in out.glob("*.png")) == [f"scatter_{a}.png" for a in sorted(ATTRIBUTES)]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"{kind}_{a}.png" for kind in ("confusion", "scatter") for a in ATTRIBUTES)
     assert evaluate_main(["--data-dir", str(tiny_features), "--job-dir", str(tmp_path), "--output",
                           str(tmp_path / "x")]) == 2
     assert "is not a training job directory" in capsys.readouterr().err

@@ -10,17 +10,23 @@ import numpy as np
 import pytest
 
 from model import tables
-from model.experiments import Outcome, build_parser, main as experiments_main, plan, write_outputs
+from model.experiments import (Outcome, build_parser, main as experiments_main, plan, report, result_rows,
+                               write_outputs)
 from pipeline.params import ATTRIBUTES
 
 
-def planted_samples() -> dict[tuple[str, str], list[float]]:
+def keyed(values) -> dict[tuple[int, int], float]:
+    """Values in trial-major order -> {(trial, sub-set): value} over 4 sub-sets."""
+    return {divmod(i, 4): float(v) for i, v in enumerate(values)}
+
+
+def planted_samples() -> dict[tuple[str, str], dict[tuple[int, int], float]]:
     """20 arousal values per model: temp-gru clearly above every baseline, temp-cnn only above the
     reconstruction baselines, temp-trans indistinguishable from them."""
     rng = np.random.default_rng(0)
     means = {"regressor": 0.50, "ae": 0.50, "vae": 0.51, "ladder": 0.50, "vanilla": 0.55,
              "temp-gru": 0.60, "temp-cnn": 0.55, "temp-trans": 0.505}
-    return {(model, "arousal"): list(rng.normal(mean, 0.01, 20)) for model, mean in means.items()}
+    return {(model, "arousal"): keyed(rng.normal(mean, 0.01, 20)) for model, mean in means.items()}
 
 
 def test_markers_follow_the_papers_two_significance_tests() -> None:
@@ -37,15 +43,15 @@ def test_markers_follow_the_papers_two_significance_tests() -> None:
 
 def test_model_table_is_laid_out_like_tables_2_and_3() -> None:
     samples = planted_samples()
-    samples[("temp-gru", "valence")] = [0.1, 0.12, 0.11]
-    samples[("vanilla", "valence")] = [0.2, 0.21, 0.22]
+    samples[("temp-gru", "valence")] = keyed([0.1, 0.12, 0.11])
+    samples[("vanilla", "valence")] = keyed([0.2, 0.21, 0.22])
     lines = tables.model_table("FSL", ["temp-gru", "temp-cnn", "vanilla", "regressor", "ae"], ["arousal", "valence"],
                                samples)
     assert lines[0] == "| Approach (FSL) | Aro.-CCC | Val.-CCC |"
     names = [line.split("|")[1].strip() for line in lines[2:]]
     assert names == ["*CNN-regressor*", "*CNN-AE*", "*vanilla DeepEmoCluster*", "*Temp-GRU*", "*Temp-CNN*"]
     gru = lines[2 + names.index("*Temp-GRU*")]
-    gru_mean = np.mean(samples[("temp-gru", "arousal")])
+    gru_mean = np.mean(list(samples[("temp-gru", "arousal")].values()))
     assert f"**{gru_mean:.4f}**<sup>†*</sup>" in gru, "best arousal in bold, with both markers"
     assert "| 0.1100 |" in gru, "valence: not best, no baseline beaten"
     assert "**0.2100**" in lines[2 + names.index("*vanilla DeepEmoCluster*")]
@@ -53,7 +59,8 @@ def test_model_table_is_laid_out_like_tables_2_and_3() -> None:
 
 
 def test_sweep_table_is_laid_out_like_tables_4_to_6() -> None:
-    samples = {("10", "arousal"): [0.55, 0.56], ("30", "arousal"): [0.57, 0.58], ("50", "arousal"): [0.56, 0.57]}
+    samples = {("10", "arousal"): keyed([0.55, 0.56]), ("30", "arousal"): keyed([0.57, 0.58]),
+               ("50", "arousal"): keyed([0.56, 0.57])}
     lines = tables.sweep_table("temp-trans", "clusters", ["10", "30", "50"], ["arousal"], samples)
     assert lines[0] == "| Temp-Trans | Aro.-CCC |"
     assert lines[2:] == ["| *Q=10* | 0.5550 |", "| *Q=30* | **0.5750** |", "| *Q=50* | 0.5650 |"]
@@ -98,6 +105,54 @@ def test_a_sweep_writes_one_table_per_model_and_every_value_to_csv(tmp_path: Pat
     assert len(rows) == 7 * 2 and {r["sweep"] for r in rows} == {"clusters"}
     assert {r["sweep_value"] for r in rows} == {"10", "30"} and {r["setting"] for r in rows} == {"ssl"}
     assert (tmp_path / "results.png").exists()
+
+
+def controlled_comparison(tmp_path: Path, test: str | None, trials: int = 5) -> tuple[list[Outcome], object]:
+    """Vanilla and Temp-Triplet runs (arousal, 4 sub-sets) whose sub-sets differ far more than the
+    models do; Temp-Triplet is 0.01 better on every sub-set of every trial."""
+    argv = ["--data-dir", "D", "--models", "vanilla,temp-triplet", "--setting", "fsl", "--trials", str(trials),
+            "--output", str(tmp_path), "--attributes", "arousal"]
+    args = build_parser().parse_args(argv + (["--test", test] if test else []))
+    rng = np.random.default_rng(5)
+    difficulty, trial_effect = np.array([0.2, 0.5, 0.35, 0.6]), rng.normal(0, 0.02, trials)
+    base = {(seed, s): difficulty[s] + trial_effect[seed] + rng.normal(0, 0.01) for seed in range(trials)
+            for s in range(4)}
+    outcomes = [Outcome(run, "trained") for run in plan(args)]
+    for outcome in outcomes:
+        gain = 0.01 if outcome.run.model == "temp-triplet" else 0.0
+        outcome.evaluation = {"subsets": {"ccc": {"arousal": [base[(outcome.run.seed, s)] + gain
+                                                              + rng.normal(0, 0.002) * (gain > 0)
+                                                              for s in range(4)]}}}
+    return outcomes, args
+
+
+def results_md(outcomes: list[Outcome], args) -> str:
+    return report(outcomes, args, result_rows(outcomes, args.setting, ""))
+
+
+def triplet_row(markdown: str) -> str:
+    return next(line for line in markdown.splitlines() if line.startswith("| *Temp-Triplet* |"))
+
+
+def test_results_md_names_the_significance_test_and_the_paired_test_matches_trial_and_subset(
+        tmp_path: Path) -> None:
+    default = results_md(*controlled_comparison(tmp_path / "default", None))
+    assert "Significance test: `independent`, two-tailed Student's t-test for independent samples" in default
+    assert "<sup>" not in triplet_row(default), "sub-set spread hides a 0.01 gain from the unpaired test"
+    trials = results_md(*controlled_comparison(tmp_path / "trials", "trials"))
+    assert "Significance test: `trials`" in trials and "per-trial means" in trials
+    assert "<sup>" not in triplet_row(trials), "the shared trial effect hides it from 5 vs 5 trial means"
+    paired = results_md(*controlled_comparison(tmp_path / "paired", "paired"))
+    assert "Significance test: `paired`" in paired and "scipy.stats.ttest_rel" in paired
+    assert "<sup>†</sup>" in triplet_row(paired), "matched by (trial, sub-set) the gain is significant"
+
+    outcomes, args = controlled_comparison(tmp_path / "failed", "paired")
+    outcomes[-1].status, outcomes[-1].evaluation, outcomes[-1].error = "failed", None, "trainer.py exited with 1"
+    markdown = results_md(outcomes, args)
+    assert "<sup>" not in triplet_row(markdown)
+    assert ("No markers: Temp-Triplet (first) against vanilla DeepEmoCluster (second), arousal: the paired test "
+            "needs the same (trial, sub-set) values for both models") in markdown
+    assert "(trial 4, sub-set 0)" in markdown and "9 of 10 runs finished; 1 failed" in markdown
 
 
 def results(out: Path) -> list[dict[str, str]]:

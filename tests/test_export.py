@@ -17,7 +17,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
 from model.data import inference_batches
 from model.export import (FEATURE_TOLERANCE, PREDICTION_TOLERANCE, EmotionServing, ExportError,
-                          export_saved_model, verify_saved_model)
+                          export_saved_model, verify_saved_model, write_saved_model)
 from model.jobs import load_job
 from model.training import build_net
 from pipeline.audio import decode_audio
@@ -129,7 +129,8 @@ report = {"signatures": {name: {"inputs": {k: spec(v) for k, v in fn.structured_
                                 "outputs": {k: spec(v) for k, v in fn.structured_outputs.items()}}
                          for name, fn in loaded.signatures.items()}}
 by_features = loaded.signatures["serving_default"](features=tf.constant(data["features"]))
-by_waveform = loaded.signatures["serve_waveform"](waveform=tf.constant(data["waveform"]))
+by_waveform = {**loaded.signatures["serve_waveform"](waveform=tf.constant(data["waveform"])),
+               **loaded.signatures["serve_waveform_features"](waveform=tf.constant(data["waveform"]))}
 np.savez(outputs, **{"features/" + k: v.numpy() for k, v in by_features.items()},
          **{"waveform/" + k: v.numpy() for k, v in by_waveform.items()})
 report["metadata_json"] = json.loads(loaded.metadata_json.numpy())
@@ -160,8 +161,10 @@ def test_saved_model_loads_with_only_tensorflow_and_meets_the_contract(trained_j
     assert report["signatures"] == {
         "serving_default": {"inputs": {"features": ["float32", [None, c, m, f]]}, "outputs": per_attribute},
         "serve_waveform": {"inputs": {"waveform": ["float32", [None]]},
-                           "outputs": {**{a: ["float32", [1]] for a in ATTRIBUTES},
-                                       "features": ["float32", [c, m, f]]}}}
+                           "outputs": {a: ["float32", [1]] for a in ATTRIBUTES}},
+        "serve_wav_bytes": {"inputs": {"wav_bytes": ["string", [None]]}, "outputs": per_attribute},
+        "serve_waveform_features": {"inputs": {"waveform": ["float32", [None]]},
+                                    "outputs": {"features": ["float32", [c, m, f]]}}}
 
     outputs = np.load(tmp_path / "outputs.npz")
     for attribute in ATTRIBUTES:
@@ -189,7 +192,8 @@ def test_a_single_attribute_model_serves_only_that_attribute(tiny_features: Path
                        record_features(tiny_features, "dev", job.metadata)[:2], str(tiny_features))
     loaded = tf.saved_model.load(str(tmp_path / "model"))
     assert set(loaded.signatures["serving_default"].structured_outputs) == {"valence"}
-    assert set(loaded.signatures["serve_waveform"].structured_outputs) == {"valence", "features"}
+    assert set(loaded.signatures["serve_waveform"].structured_outputs) == {"valence"}
+    assert set(loaded.signatures["serve_wav_bytes"].structured_outputs) == {"valence"}
     assert json.loads(loaded.metadata_json.numpy())["attributes"] == ["valence"]
 
 
@@ -207,7 +211,8 @@ def test_waveform_signature_matches_the_pipeline_on_demo_utterances(which: str, 
         expected = mel_to_chunks(waveform_to_mel(waveform, metadata.params), metadata.feature_mean,
                                  metadata.feature_std, metadata.params)
         served = by_waveform(waveform=tf.constant(waveform))
-        assert np.abs(served["features"].numpy() - expected).max() < FEATURE_TOLERANCE, utt_id
+        features = loaded.signatures["serve_waveform_features"](waveform=tf.constant(waveform))["features"]
+        assert np.abs(features.numpy() - expected).max() < FEATURE_TOLERANCE, utt_id
         reference = by_features(features=tf.constant(expected[np.newaxis]))
         for attribute in ATTRIBUTES:
             assert abs(served[attribute].numpy()[0] - reference[attribute].numpy()[0]) < PREDICTION_TOLERANCE
@@ -237,8 +242,7 @@ def exported(trained_job: Path, tiny_features: Path,
     job = load_job(str(trained_job))
     module = EmotionServing(job.net, job.metadata, job.config.attributes)
     path = tmp_path_factory.mktemp("exported") / "model"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve_features,
-                                                       "serve_waveform": module.serve_waveform})
+    write_saved_model(module, str(path))
     return path, module, record_features(tiny_features, "dev", job.metadata)
 
 
@@ -280,6 +284,11 @@ def test_export_check_refuses_a_saved_model_without_the_waveform_signature(expor
     tf.saved_model.save(module, str(partial), signatures={"serving_default": module.serve_features})
     with pytest.raises(ExportError, match="missing signature.*serve_waveform"):
         verify_saved_model(str(partial), module, features, [])
+    two = tmp_path / "two"
+    tf.saved_model.save(module, str(two), signatures={"serving_default": module.serve_features,
+                                                      "serve_waveform": module.serve_waveform})
+    with pytest.raises(ExportError, match="missing signature.*serve_wav_bytes, serve_waveform_features"):
+        verify_saved_model(str(two), module, features, [])
 
 
 def test_export_without_probes_warns_and_checks_the_rest(trained_job: Path, tiny_features: Path, tmp_path: Path,
@@ -299,3 +308,4 @@ def test_the_trainer_reports_the_export_check(trained_job: Path) -> None:
     assert figures["waveform_probes"] == 3
     assert figures["probe_feature_difference"] < FEATURE_TOLERANCE
     assert figures["probe_prediction_difference"] <= PREDICTION_TOLERANCE
+    assert figures["probe_wav_bytes_difference"] <= PREDICTION_TOLERANCE

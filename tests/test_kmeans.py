@@ -10,7 +10,7 @@ import tensorflow as tf
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from model.kmeans import kmeans, kmeans_plusplus, lloyd
+from model.kmeans import kmeans, kmeans_plusplus, lloyd, random_points
 
 
 def _blobs(std: float, seed: int = 0) -> np.ndarray:
@@ -22,9 +22,10 @@ def _inertia(points: np.ndarray, assignments: np.ndarray, centroids: np.ndarray)
     return float(((points.astype(np.float64) - centroids[assignments]) ** 2).sum())
 
 
-def test_best_inertia_is_within_one_percent_of_sklearn() -> None:
+@pytest.mark.parametrize("init", ["random", "k-means++"])
+def test_best_inertia_is_within_one_percent_of_sklearn(init: str) -> None:
     points = _blobs(std=4.0)
-    ours = min(kmeans(points, 8, seed=seed)[2] for seed in range(3))
+    ours = min(kmeans(points, 8, seed=seed, init=init)[2] for seed in range(3))
     theirs = KMeans(8, n_init=10, random_state=0).fit(points).inertia_
     assert ours <= 1.01 * theirs
 
@@ -66,9 +67,52 @@ def test_no_cluster_is_left_empty_with_planted_duplicates(iterations: int) -> No
 def test_as_many_clusters_as_distinct_points() -> None:
     distinct = np.random.default_rng(6).standard_normal((12, 8)).astype(np.float32)
     points = np.repeat(distinct, 50, axis=0)
-    assignments, _, inertia = kmeans(points, 12, seed=0)
+    assignments, _, inertia = kmeans(points, 12, seed=0, init="k-means++")
     assert np.all(np.bincount(np.asarray(assignments), minlength=12) == 50)
     assert inertia == pytest.approx(0.0, abs=1e-3)
+
+
+def _blob_with_outliers() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    blob = rng.standard_normal((3000, 16))
+    outliers = rng.standard_normal((6, 16)) * 0.1 + 30 * np.eye(16)[:6]
+    return np.concatenate([blob, outliers]).astype(np.float32)
+
+
+def test_random_start_does_not_chase_outliers_as_kmeans_plusplus_does() -> None:
+    """The reference's faiss start keeps every cluster large on a blob with a few far outliers;
+    k-means++ (D^2 seeding, farthest-point repair) spends centroids on the outliers."""
+    points = _blob_with_outliers()
+    smallest = {init: [int(np.bincount(np.asarray(kmeans(points, 10, seed=seed, init=init)[0]), minlength=10).min())
+                       for seed in range(4)] for init in ("random", "k-means++")}
+    assert min(smallest["random"]) >= 100, smallest
+    assert min(smallest["k-means++"]) <= 6, smallest
+
+
+def test_random_start_picks_distinct_points_and_follows_the_seed() -> None:
+    points = _blobs(1.0)
+    first = np.asarray(random_points(points, 10, seed=1))
+    assert len({tuple(row) for row in first}) == 10
+    assert all((points == row).all(1).any() for row in first)
+    np.testing.assert_array_equal(np.asarray(random_points(points, 10, seed=1)), first)
+    assert not np.array_equal(np.asarray(random_points(points, 10, seed=2)), first)
+
+
+def test_an_empty_cluster_splits_a_large_one() -> None:
+    """faiss' repair: the emptied centroid becomes a perturbed copy of a populated one, which
+    then halves that cluster; the farthest-point repair would jump to the outlier instead."""
+    rng = np.random.default_rng(3)
+    left = rng.standard_normal((400, 2)) * 0.5 + [-5.0, 0.0]
+    right = rng.standard_normal((400, 2)) * 0.5 + [5.0, 0.0]
+    outlier = np.array([[0.0, 40.0]])
+    points = np.concatenate([left, right, outlier]).astype(np.float32)
+    start = np.array([[-5.0, 0.0], [5.0, 0.0], [1e4, 1e4]], np.float32)
+    assignments, centroids, _ = lloyd(points, start, iterations=10, repair="random", seed=0)
+    counts = np.bincount(np.asarray(assignments), minlength=3)
+    assert counts.min() >= 100, counts
+    assert np.abs(np.asarray(centroids)[:, 1]).max() < 5.0, "no centroid went to the outlier"
+    farthest, _, _ = lloyd(points, start, iterations=0, repair="k-means++")
+    assert np.bincount(np.asarray(farthest), minlength=3).min() == 1
 
 
 def test_invalid_arguments_are_rejected() -> None:
@@ -79,6 +123,8 @@ def test_invalid_arguments_are_rejected() -> None:
         kmeans(points[0], 2)
     with pytest.raises(ValueError, match="centroids must be"):
         lloyd(points, points[:2, :3])
+    with pytest.raises(ValueError, match="init must be one of"):
+        kmeans(points, 2, init="kmeans++")
 
 
 def _memory(field: str) -> int:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from model.metrics import (attribute_scores, concordance, pearson, rmse, sample_std, significantly_better,
-                           split_scores, subset_ccc, subset_ids, t_test)
+from model.metrics import (SampleMismatch, attribute_scores, concordance, p_value, paired_t_test, pearson, rmse,
+                           sample_std, significantly_better, split_scores, subset_ccc, subset_ids, t_test,
+                           trial_means, trials_t_test)
 from model.predictions import SplitPredictions
 from pipeline.params import ATTRIBUTES
 
@@ -101,13 +102,61 @@ def test_t_test_is_scipys_two_tailed_independent_test() -> None:
     assert math.isnan(t_test([0.5], b))
 
 
+def keyed(values, subsets: int = 4) -> dict[tuple[int, int], float]:
+    """Values in trial-major order -> {(trial, sub-set): value}, as ``model.experiments`` keys them."""
+    return {divmod(i, subsets): float(v) for i, v in enumerate(values)}
+
+
 def test_significance_needs_both_a_higher_mean_and_p_below_005() -> None:
     rng = np.random.default_rng(2)
-    baseline = rng.normal(0.50, 0.01, 20)
-    clearly_better = rng.normal(0.56, 0.01, 20)
-    barely_different = baseline + rng.normal(0.001, 0.01, 20)
+    baseline = keyed(rng.normal(0.50, 0.01, 20))
+    clearly_better = keyed(rng.normal(0.56, 0.01, 20))
+    barely_different = {k: v + rng.normal(0.001, 0.01) for k, v in baseline.items()}
     assert significantly_better(clearly_better, baseline)
     assert not significantly_better(baseline, clearly_better)
     assert not significantly_better(barely_different, baseline)
-    assert not significantly_better([0.5, 0.5], [0.5, 0.5])
-    assert significantly_better([0.6, 0.6], [0.5, 0.5]) and t_test([0.6, 0.6], [0.5, 0.5]) == 0.0
+    assert not significantly_better(keyed([0.5, 0.5]), keyed([0.5, 0.5]))
+    assert significantly_better(keyed([0.6, 0.6]), keyed([0.5, 0.5])) and t_test([0.6, 0.6], [0.5, 0.5]) == 0.0
+
+
+def subset_dominated() -> tuple[dict, dict]:
+    """5 trials x 4 sub-sets where the sub-sets differ a lot (0.2 .. 0.6) and so do trials (the same
+    trial effect for both models), but the model ``a`` beats ``b`` by 0.01 on every sub-set of every
+    trial: significant when matched by (trial, sub-set), not as independent samples nor over trials."""
+    rng = np.random.default_rng(4)
+    difficulty = np.array([0.2, 0.5, 0.35, 0.6])
+    trial_effect = rng.normal(0, 0.02, 5)
+    b = {(t, s): float(difficulty[s] + trial_effect[t] + rng.normal(0, 0.01)) for t in range(5) for s in range(4)}
+    a = {k: v + 0.01 + float(rng.normal(0, 0.002)) for k, v in b.items()}
+    return a, b
+
+
+def test_paired_test_is_scipys_ttest_rel_matched_by_trial_and_subset_not_by_position() -> None:
+    a, b = subset_dominated()
+    keys = sorted(a)
+    expected = stats.ttest_rel([a[k] for k in keys], [b[k] for k in keys]).pvalue
+    assert paired_t_test(a, b) == pytest.approx(expected, rel=1e-12) and expected < 1e-10
+    unpaired = stats.ttest_ind(list(a.values()), list(b.values())).pvalue
+    assert p_value(a, b, "independent") == pytest.approx(unpaired, rel=1e-12) and unpaired > 0.5
+    shuffled = dict(reversed(list(b.items())))
+    assert p_value(a, shuffled, "paired") == pytest.approx(expected, rel=1e-12), "pairs follow the keys"
+    assert significantly_better(a, b, test="paired") and not significantly_better(a, b)
+    assert not significantly_better(b, a, test="paired"), "the lower mean is never better"
+    with pytest.raises(SampleMismatch, match=r"only the first has \(trial 4, sub-set 3\)"):
+        paired_t_test(a, {k: v for k, v in b.items() if k != (4, 3)})
+    assert math.isnan(paired_t_test({(0, 0): 0.5}, {(0, 0): 0.4}))
+    assert paired_t_test(keyed([0.6, 0.7]), keyed([0.5, 0.6])) == 0.0, "equal non-zero differences"
+
+
+def test_trials_test_is_a_two_sample_test_over_the_per_trial_means() -> None:
+    a, b = subset_dominated()
+    means_a, means_b = trial_means(a), trial_means(b)
+    assert list(means_a) == [0, 1, 2, 3, 4]
+    assert means_a[2] == pytest.approx(np.mean([a[(2, s)] for s in range(4)]))
+    expected = stats.ttest_ind(list(means_a.values()), list(means_b.values())).pvalue
+    assert trials_t_test(a, b) == pytest.approx(expected, rel=1e-12) and p_value(a, b, "trials") == trials_t_test(a, b)
+    assert expected > 0.05 and not significantly_better(a, b, test="trials")
+    with pytest.raises(SampleMismatch, match="same sub-sets"):
+        trials_t_test(a, {k: v for k, v in b.items() if k != (1, 2)})
+    with pytest.raises(ValueError, match="unknown significance test 'welch'"):
+        p_value(a, b, "welch")

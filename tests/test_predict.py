@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from model.export import EmotionServing
 from model.jobs import load_job
-from model.predict import COLUMNS, EXIT_MODEL, EXIT_OK, EXIT_USAGE, HANDFUL, Progress, Row, main
+from model.predict import COLUMNS, EXIT_MODEL, EXIT_OK, EXIT_USAGE, HANDFUL, Progress, main
 from model.training import build_net
 from pipeline.audio import decode_audio
 from pipeline.params import ATTRIBUTES
@@ -55,10 +55,12 @@ def read_csv(text: str) -> list[dict[str, str]]:
     return list(reader)
 
 
-def expected_predictions(serve_waveform, path: Path) -> tuple[float, dict[str, float]]:
-    """Duration and ``serve_waveform``'s predictions on the pipeline's decoding of ``path``."""
+def expected_predictions(serve_waveform, path: Path,
+                         window: tuple[float, float] | None = None) -> tuple[float, dict[str, float]]:
+    """Duration and ``serve_waveform``'s predictions on the pipeline's decoding of ``path`` (or a window of it)."""
     waveform = decode_audio(path.read_bytes(), 16000)
-    outputs = serve_waveform(waveform=tf.constant(waveform))
+    part = waveform if window is None else waveform[int(window[0] * 16000):int(window[1] * 16000)]
+    outputs = serve_waveform(waveform=tf.constant(part))
     return waveform.size / 16000, {a: float(outputs[a].numpy()[0]) for a in ATTRIBUTES}
 
 
@@ -69,17 +71,23 @@ def test_predicts_a_folder_row_by_row(model: Path, folder: Path) -> None:
     assert result.returncode == EXIT_OK, result.stderr[-3000:]
     rows = read_csv(result.stdout)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert [row["path"] for row in rows] == [str(p) for p in files]
-    assert len(rows) == 19
+    # the 13 s file is longer than the 11 s default window: two windows, the second ending at its end
+    windows = [(path, (0.0, 11.0) if path.name == "long_13s.flac" else None) for path in files]
+    windows.insert(next(k for k, (p, _) in enumerate(windows) if p.name == "long_13s.flac") + 1,
+                   (folder / "edge" / "long_13s.flac", (2.0, 13.0)))
+    assert [row["path"] for row in rows] == [str(p) for p, _ in windows]
+    assert len(rows) == 20
     serve_waveform = tf.saved_model.load(str(model)).signatures["serve_waveform"]
-    for row, path in zip(rows, files):
+    for row, (path, window) in zip(rows, windows):
         if path.name in ERRORS:
             assert row["error"].startswith(ERRORS[path.name]), row
-            assert row["duration"] == "" and all(row[a] == "" for a in ATTRIBUTES)
+            assert row["duration"] == row["start"] == row["end"] == "" and all(row[a] == "" for a in ATTRIBUTES)
             continue
         assert row["error"] == "", row
-        duration, predictions = expected_predictions(serve_waveform, path)
+        duration, predictions = expected_predictions(serve_waveform, path, window)
         assert float(row["duration"]) == pytest.approx(duration, abs=5e-4)
+        start, end = window or (0.0, duration)
+        assert (float(row["start"]), float(row["end"])) == pytest.approx((start, end), abs=5e-4)
         for attribute in ATTRIBUTES:
             assert float(row[attribute]) == pytest.approx(predictions[attribute], abs=PREDICTION_TOLERANCE), path
     by_name = {Path(row["path"]).name: row for row in rows}
@@ -129,12 +137,13 @@ def test_files_and_folders_mix_and_attributes_the_model_lacks_stay_empty(
 
 def test_a_model_with_only_the_two_signatures_predicts_the_same(model: Path, folder: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    """No ``waveform_features`` and no ``metadata_json``: features come from serve_waveform, 16 kHz."""
+    """No ``waveform_features`` and no ``metadata_json``: features come from the
+    serve_waveform_features signature, 16 kHz."""
     loaded = tf.saved_model.load(str(model))
     wrapper = tf.Module()
     wrapper.inner = loaded
     tf.saved_model.save(wrapper, str(tmp_path / "bare"), signatures={
-        name: loaded.signatures[name] for name in ("serving_default", "serve_waveform")})
+        name: loaded.signatures[name] for name in ("serving_default", "serve_waveform", "serve_waveform_features")})
     bare = tf.saved_model.load(str(tmp_path / "bare"))
     assert not hasattr(bare, "waveform_features") and not hasattr(bare, "metadata_json")
     clips = [str(p) for p in sorted(folder.glob("*.ogg"))] + [str(folder / "edge" / "stereo_44k.wav")]
@@ -185,16 +194,16 @@ def test_progress_redraws_on_a_terminal_and_stays_quiet_for_a_handful_of_files()
     terminal = Terminal()
     progress = Progress(3, terminal)
     for _ in range(3):
-        progress.update([Row("a.wav", 1.0, {"arousal": 4.0})])
+        progress.update()
     drawn = terminal.getvalue()
     assert drawn.startswith("\r[") and drawn.endswith(" s left\n") and drawn.count("\n") == 1
     assert "[" + "#" * 30 + "] 3/3 files, 0 errors" in drawn.split("\r")[-1]
     quiet = io.StringIO()
     progress = Progress(HANDFUL, quiet)
-    progress.update([Row("a.wav", error="empty file (0 bytes)")] * HANDFUL)
+    progress.update(HANDFUL, errors=HANDFUL)
     assert quiet.getvalue() == ""
     log = io.StringIO()
     progress = Progress(20, log)
     for _ in range(20):
-        progress.update([Row("a.wav", 1.0, {"arousal": 4.0})])
+        progress.update()
     assert len(log.getvalue().splitlines()) == 10 and "20/20 files" in log.getvalue().splitlines()[-1]

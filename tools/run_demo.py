@@ -23,15 +23,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from model.allocator import fast_allocator_env  # noqa: E402
 DEMO_TRAINING = ["--attributes", "all", "--batch-size", "32", "--encoder-lr", "0.01", "--output-lr", "0.005"]
-MODELS = (("temp-gru", "ssl"), ("vanilla", "ssl"))
+MODELS = (("temp-triplet", "ssl"), ("vanilla", "ssl"))
+"""The paper's controlled comparison: Temp-Triplet and vanilla have the same network at inference,
+so a difference in temporal consistency is the triplet loss's doing (a GRU smooths by construction)."""
 
 
 def run_step(title: str, command: list[str]) -> None:
     """Runs one public command, streaming its output; stops the demo if it fails."""
     print(f"\n=== {title}\n$ {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env = fast_allocator_env(dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2"))
     status = subprocess.run(command, cwd=ROOT, env=env).returncode
     if status != 0:
         sys.exit(f"demo step '{title}' failed with exit status {status}")
@@ -64,16 +68,58 @@ def transition_summary(evaluation: Path) -> str:
                      for report in [metrics, *metrics["compared"]] if "transition_ratio" in report)
 
 
+def score_with_release(data_root: Path, output: Path,
+                       release: str = "pretrained/msp-podcast-v1.8-temp-cnn") -> None:
+    """Scores every labelled demo clip with a shipped release of the authors' networks (no
+    training) and prints its CCC against the demo labels, which are functions of speaking
+    rate, pitch and effort: a real model's arousal should track them."""
+    import numpy as np
+
+    predictions = output / "pretrained_predictions.csv"
+    run_step(f"Extra: score the demo clips with the authors' released {Path(release).name}", python(
+        "-m", "model.predict", "--model", str(ROOT / release), str(data_root / "Audios"), "--output", str(predictions)))
+    with (data_root / "Labels" / "labels_consensus.csv").open() as handle:
+        labels = {row["FileName"]: row for row in csv.DictReader(handle)}
+    with predictions.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if not row["error"] and Path(row["path"]).name in labels]
+    cells = []
+    for attribute, column in (("arousal", "EmoAct"), ("valence", "EmoVal"), ("dominance", "EmoDom")):
+        p = np.array([float(row[attribute]) for row in rows])
+        t = np.array([float(labels[Path(row["path"]).name][column]) for row in rows])
+        ccc = 2 * np.mean((p - p.mean()) * (t - t.mean())) / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
+        cells.append(f"{attribute} {ccc:.3f}")
+    print(f"\n{Path(release).name} (trained on MSP-Podcast, not on the demo) on the {len(rows)} labelled demo "
+          f"clips, CCC: {', '.join(cells)}")
+
+
+OUTPUT_MARKER = ".made-by-run-demo"
+"""Written into the output folder the demo creates: the only kind of folder it ever deletes."""
+
+
+def prepare_output(output: Path) -> None:
+    """Empties a previous demo output, or refuses: ``--output .`` must not delete the repository.
+
+    A folder is replaced only when it holds ``OUTPUT_MARKER`` (the demo made it) or is empty.
+    """
+    if output.exists():
+        if (output / OUTPUT_MARKER).is_file():
+            shutil.rmtree(output)
+        elif not output.is_dir() or any(output.iterdir()):
+            sys.exit(f"run_demo: error: --output {output} exists and was not made by the demo (no {OUTPUT_MARKER}); "
+                     "choose a new folder or delete it yourself")
+    output.mkdir(parents=True, exist_ok=True)
+    (output / OUTPUT_MARKER).write_text("made by tools/run_demo.py, which replaces this folder on every run\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="runs/demo", help="folder for every demo output (replaced)")
+    parser.add_argument("--output", default="runs/demo", help="folder for every demo output (replaced when the demo made it)")
     parser.add_argument("--data-root", default="data/demo", help="MSP-Podcast-layout corpus")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs per model")
     args = parser.parse_args()
     output = (ROOT / args.output).resolve()
     data_root = (ROOT / args.data_root).resolve()
-    if output.exists():
-        shutil.rmtree(output)
+    prepare_output(output)
     features, jobs, evaluation = output / "features", output / "jobs", output / "evaluation"
     start = time.perf_counter()
 
@@ -105,6 +151,7 @@ def main() -> None:
     if summary:
         print(f"\nMean chunk-to-chunk cluster transition ratio on Test1 (lower = more temporally consistent): "
               f"{summary}")
+    score_with_release(data_root, output)
 
 
 if __name__ == "__main__":
