@@ -472,7 +472,9 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, partial: bo
     refused rather than leaving weights at their initial values.
     """
     try:
-        tf.train.list_variables(prefix)
+        # The reader takes the prefix itself: list_variables would treat a ram:// or gs://
+        # prefix that looks like a folder as one and look for a 'checkpoint' file in it.
+        tf.compat.v1.train.NewCheckpointReader(prefix)
     except (tf.errors.OpError, ValueError) as error:
         raise TrainingError(f"checkpoint {prefix} cannot be read: {_first_line(error)}") from error
     try:

@@ -91,7 +91,8 @@ def test_the_pipeline_writes_probes_that_match_its_records(tiny_features: Path, 
         assert record["num_frames"] == metadata.params.num_frames(probe.waveform.size)
         expected = mel_to_chunks(waveform_to_mel(probe.waveform, metadata.params), metadata.feature_mean,
                                  metadata.feature_std, metadata.params)
-        np.testing.assert_array_equal(probe.features, expected)
+        # The pipeline's workers run the mel matmul on one BLAS thread: float32 rounding apart.
+        np.testing.assert_allclose(probe.features, expected, atol=1e-6, rtol=0)
 
 
 def test_probes_fall_back_to_train_and_skip_rejected_inputs(tmp_path: Path) -> None:

@@ -75,6 +75,8 @@ def score_with_release(data_root: Path, output: Path,
     rate, pitch and effort: a real model's arousal should track them."""
     import numpy as np
 
+    from model.metrics import concordance
+
     predictions = output / "pretrained_predictions.csv"
     run_step(f"Extra: score the demo clips with the authors' released {Path(release).name}", python(
         "-m", "model.predict", "--model", str(ROOT / release), str(data_root / "Audios"), "--output", str(predictions)))
@@ -86,8 +88,7 @@ def score_with_release(data_root: Path, output: Path,
     for attribute, column in (("arousal", "EmoAct"), ("valence", "EmoVal"), ("dominance", "EmoDom")):
         p = np.array([float(row[attribute]) for row in rows])
         t = np.array([float(labels[Path(row["path"]).name][column]) for row in rows])
-        ccc = 2 * np.mean((p - p.mean()) * (t - t.mean())) / (p.var() + t.var() + (p.mean() - t.mean()) ** 2)
-        cells.append(f"{attribute} {ccc:.3f}")
+        cells.append(f"{attribute} {concordance(t, p):.3f}")
     print(f"\n{Path(release).name} (trained on MSP-Podcast, not on the demo) on the {len(rows)} labelled demo "
           f"clips, CCC: {', '.join(cells)}")
 
