@@ -14,20 +14,15 @@ wires them to a job and ``model.plots`` draws them.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
-from sklearn.linear_model import LogisticRegression
-from sklearn.manifold import TSNE
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from model.data import inference_batches
-from model.kmeans import kmeans
 from model.progress import Progress
 from pipeline.params import FeatureParams
+
+if TYPE_CHECKING:  # TensorFlow and scikit-learn where used: model.evaluate --help needs the constants only
+    import tensorflow as tf
 
 LEVELS: tuple[str, ...] = ("low", "middle", "high")
 LEVEL_EDGES: tuple[float, float] = (3.0, 5.0)
@@ -58,6 +53,8 @@ def chunk_outputs(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], data_dir: 
                   params: FeatureParams, names: Sequence[str], batch_size: int = 64,
                   progress: Progress | None = None) -> ChunkOutputs:
     """Runs a network's ``inference_function`` over a split and keeps the per-chunk outputs ``names``."""
+    from model.data import inference_batches
+
     indices, utt_ids, labels = [], [], []
     collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in inference_batches(data_dir, split, params, batch_size, keys=("features", "labels", "index", "utt_id")):
@@ -79,6 +76,8 @@ def chunk_outputs(infer: Callable[[tf.Tensor], dict[str, tf.Tensor]], data_dir: 
 
 def cluster_chunks(features: np.ndarray, num_clusters: int, seed: int = 0, iterations: int = 20) -> np.ndarray:
     """K-means over every chunk of every sentence, as training clusters: [N, C, D] -> [N, C] ids."""
+    from model.kmeans import kmeans
+
     num, chunks, dim = features.shape
     if num * chunks < num_clusters:
         raise ValueError(f"{num * chunks} chunks cannot form {num_clusters} clusters")
@@ -121,6 +120,8 @@ def tsne_map(points: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.
 
     t-SNE needs perplexity < n; small sets get (n - 1) / 3 instead, the usual bound.
     """
+    from sklearn.manifold import TSNE
+
     points = np.asarray(points, np.float64)
     if len(points) < 4:
         raise ValueError(f"t-SNE needs at least 4 points, got {len(points)}")
@@ -135,6 +136,11 @@ def linear_probe(train_x: np.ndarray, train_levels: np.ndarray, test_x: np.ndarr
     Macro-F1 averages over the levels present in the test truth or predictions
     (scikit-learn's default), so a level absent from both does not count as F1 = 0.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     counts = {name: {level: int(np.count_nonzero(levels == i)) for i, level in enumerate(LEVELS)}
               for name, levels in (("train_counts", train_levels), ("test_counts", test_levels))}
     if len(np.unique(train_levels)) < 2:

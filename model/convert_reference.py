@@ -27,20 +27,18 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from model import torch_legacy
-from model.encoder import CONV_STRIDES
-from model.export import (
-    EmotionServing, ExportError, PREDICTION_TOLERANCE, verify_saved_model, write_saved_model)
-from model.network import EmoClusterNet
 from model.variants import VARIANTS
-from pipeline.metadata import LabelStats, Metadata
 from pipeline.params import ATTRIBUTES, FeatureParams
-from pipeline.probes import Probe
+
+if TYPE_CHECKING:  # TensorFlow (through these) where used, so that --help answers at once
+    from model.network import EmoClusterNet
+    from pipeline.metadata import LabelStats, Metadata
+    from pipeline.probes import Probe
 
 ATTRIBUTE_CODES: dict[str, str] = {"arousal": "Act", "valence": "Val", "dominance": "Dom"}
 """How the authors' file names spell each attribute."""
@@ -93,6 +91,8 @@ def read_normterm(source: str) -> tuple[np.ndarray, np.ndarray, LabelStats]:
     """``NormTerm/*.mat``: feature mean/std [128] and the label statistics (MATLAB v5, not pickle)."""
     import scipy.io
 
+    from pipeline.metadata import LabelStats
+
     def value(name: str) -> np.ndarray:
         path = os.path.join(source, "NormTerm", f"{name}.mat")
         if not os.path.exists(path):
@@ -121,6 +121,8 @@ def checkpoint_paths(source: str, spec: ReleaseSpec) -> dict[str, str] | None:
 def net_from_state_dict(state_dict: Mapping[str, np.ndarray], variant: str,
                         params: FeatureParams = FeatureParams()) -> EmoClusterNet:
     """Our network of ``variant`` holding a reference checkpoint's weights, every entry accounted for."""
+    from model.network import EmoClusterNet
+
     spec = VARIANTS[variant]
     top = state_dict.get("top_layer_class.weight")
     if top is None:
@@ -147,6 +149,8 @@ def reference_variables(net: EmoClusterNet) -> dict[str, tuple[Any, Any]]:
     the first Linear reads the NCHW flatten of the last conv map, our Dense the NHWC one,
     so its rows are permuted.
     """
+    from model.encoder import CONV_STRIDES
+
     def conv(w: np.ndarray) -> np.ndarray:
         return w.transpose(2, 3, 1, 0)
 
@@ -194,72 +198,6 @@ def reference_variables(net: EmoClusterNet) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-class ReleaseNets(tf.Module):
-    """The three single-attribute networks of a release behind one call, as ``EmotionServing`` needs."""
-
-    def __init__(self, nets: Mapping[str, EmoClusterNet]):
-        super().__init__(name="release_nets")
-        self.attributes = tuple(a for a in ATTRIBUTES if a in nets)
-        self.nets = {a: nets[a] for a in self.attributes}
-        # Positional variable lists (Keras layers in lists are invisible to checkpoints'
-        # object graph): what ``load_release_weights`` reads to fine-tune from a release.
-        self.weights = {a: part_checkpoints(net) for a, net in self.nets.items()}
-
-    def __call__(self, features: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
-        outputs = {a: self.nets[a](features, training=training) for a in self.attributes}
-        merged = {key: tf.concat([outputs[a][key] for a in self.attributes], axis=-1)
-                  for key in ("predictions", "chunk_predictions")}
-        for a in self.attributes:
-            for key in ("embeddings", "cluster_logits", "chunk_predictions"):
-                merged[f"{a}_{key}"] = outputs[a][key]
-        return merged
-
-
-WEIGHT_PARTS = ("encoder", "temporal", "cluster_hidden", "cluster_classifier", "emotion_head")
-
-
-def part_checkpoints(net: EmoClusterNet) -> tf.train.Checkpoint:
-    """A net's variables by part and position, so a differently configured net can take some parts."""
-    head = net.cluster_head
-    parts = {"encoder": net.encoder, "temporal": net.temporal, "cluster_hidden": head.hidden,
-             "cluster_classifier": head.classifier, "emotion_head": net.emotion_head}
-    return tf.train.Checkpoint(**{name: _positional(parts[name].weights) for name in WEIGHT_PARTS})
-
-
-def _positional(variables: Sequence[Any]) -> tf.train.Checkpoint:
-    """Variables as children ``v0000``, ``v0001``...: both sides build the part with this code, so
-    positions match (``weights``, unlike ``variables``, leaves out dropout seed states)."""
-    return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
-
-
-class ReleaseServing(EmotionServing):
-    """``EmotionServing`` over a release's three networks: adds the chunk-level outputs.
-
-    ``serving_default`` also returns ``<attribute>_chunks`` [batch, C] on the 1..7 scale;
-    the restored function ``chunk_outputs`` (features -> per-attribute ``embeddings``,
-    ``cluster_logits`` and normalised ``chunk_predictions``) exposes what the authors'
-    networks compute, for parity checks.
-    """
-
-    def __init__(self, nets: Mapping[str, EmoClusterNet], metadata: Metadata):
-        release = ReleaseNets(nets)
-        super().__init__(release, metadata, release.attributes)
-        self.chunk_outputs = tf.function(
-            self._chunk_outputs,
-            input_signature=[tf.TensorSpec([None, *metadata.params.feature_shape], tf.float32, name="features")])
-
-    def _serve_features(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = self.net(features, training=False)
-        scaled = outputs["predictions"] * self._label_std + self._label_mean
-        chunks = outputs["chunk_predictions"] * self._label_std + self._label_mean
-        return {**{a: scaled[:, i] for i, a in enumerate(self.attributes)},
-                **{f"{a}_chunks": chunks[..., i] for i, a in enumerate(self.attributes)}}
-
-    def _chunk_outputs(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = self.net(features, training=False)
-        return {key: value for key, value in outputs.items() if key.split("_", 1)[0] in self.attributes}
-
-
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -271,6 +209,12 @@ def file_sha256(path: str) -> str:
 def convert_release(source: str, spec: ReleaseSpec, paths: Mapping[str, str], output: str,
                     commit: str | None = None, golden: str | None = None) -> dict[str, Any]:
     """Writes ``output`` (SavedModel, MODEL_CARD.md, LICENSE), verified; returns the check's figures."""
+    import tensorflow as tf
+
+    from model.export import verify_saved_model, write_saved_model
+    from model.release_serving import ReleaseServing
+    from pipeline.metadata import Metadata
+
     feature_mean, feature_std, label_stats = read_normterm(source)
     params = FeatureParams()
     hashes = {os.path.relpath(p, source): file_sha256(p) for p in (
@@ -312,6 +256,7 @@ def golden_features_group(spec: ReleaseSpec) -> str:
 def golden_probes(golden: str, spec: ReleaseSpec) -> list[Probe]:
     """The golden utterances as probes: the authors' features are what ``serve_waveform`` must give."""
     from pipeline.audio import decode_audio
+    from pipeline.probes import Probe
 
     features = np.load(os.path.join(golden, "features.npz"))
     group = golden_features_group(spec)
@@ -331,6 +276,10 @@ def golden_errors(loaded: Any, golden: str, spec: ReleaseSpec, paths: Mapping[st
     features through ``serving_default`` and ``chunk_outputs``; ``waveform_score_error``
     from the audio through ``serve_waveform``.
     """
+    import tensorflow as tf
+
+    from model.export import PREDICTION_TOLERANCE, ExportError
+
     features = np.load(os.path.join(golden, "features.npz"))
     reference = np.load(os.path.join(golden, "reference_outputs.npz"))
     group = golden_features_group(spec)
@@ -476,6 +425,8 @@ def load_release_weights(net: EmoClusterNet, release_dir: str, attribute: str, p
     The cluster classifier is copied only when Q matches (the trainer re-creates it
     at every clustering anyway); everything else must fit (``check_init_from``).
     """
+    import tensorflow as tf
+
     release = check_init_from(release_dir, params, net.temporal_kind, net.cluster_head is not None, [attribute])
     if net.num_attributes != 1:
         raise ConversionError("--init-from needs a single-attribute network")
@@ -492,6 +443,8 @@ def load_release_weights(net: EmoClusterNet, release_dir: str, attribute: str, p
 
 
 def _release_metadata(release_dir: str) -> Metadata:
+    from pipeline.metadata import Metadata
+
     path = os.path.join(release_dir, "assets.extra", "metadata.json")
     if not os.path.exists(path):
         raise ConversionError(f"--init-from {release_dir}: not a converted release (no assets.extra/metadata.json)")
@@ -507,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "(default: the commit the releases were published at)")
     parser.add_argument("--golden", help="folder of the authors' golden inputs and outputs to check against")
     args = parser.parse_args(argv)
+    from model.export import ExportError  # TensorFlow, after --help has answered
+
     try:
         convert(args.source, args.output, args.commit, args.golden)
     except (ConversionError, ExportError, torch_legacy.UnsafeCheckpointError,

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from pipeline import records
 from pipeline.metadata import Metadata, MetadataError
+from pipeline.paths import literal_pattern
 from pipeline.params import FeatureParams
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -60,7 +61,8 @@ class SplitSource:
 def split_files(data_dir: str, split: str) -> list[str]:
     """The split's shards, sorted; works for local paths and gs:// alike."""
     pattern = posixpath.join(data_dir, records.shard_pattern(split))
-    files = sorted(tf.io.gfile.glob(pattern))
+    # The folder's name is matched literally: a data folder named out[1] would match out1.
+    files = sorted(tf.io.gfile.glob(posixpath.join(literal_pattern(data_dir), records.shard_pattern(split))))
     if not files:
         raise FileNotFoundError(f"no records of split {split!r} in {data_dir} (looked for {pattern})")
     # A shard's name says how many the split has: a deleted or unsynced one would

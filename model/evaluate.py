@@ -21,17 +21,18 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from model import analysis, plots
-from model.jobs import JobError, TrainedJob, load_job
 from model.metrics import sample_std, split_scores, subset_ccc, subset_ids
-from model.predictions import SplitPredictions, output_of, predict_split
 from model.progress import SILENT, Reporter
 from pipeline.params import ATTRIBUTES
+
+if TYPE_CHECKING:  # TensorFlow (through these) where used, so that --help answers at once
+    from model.jobs import TrainedJob
+    from model.predictions import SplitPredictions
 
 
 @dataclasses.dataclass
@@ -87,6 +88,8 @@ def write_json(path: str, value: Any) -> None:
 def score_job(job: TrainedJob, split: str, subsets: int, seed: int, batch_size: int = 64,
               reporter: Reporter = SILENT) -> tuple[SplitPredictions, np.ndarray, dict[str, Any]]:
     """Predicts ``split`` with the job's best weights; scores it whole and on seeded sub-sets."""
+    from model.predictions import output_of, predict_split
+
     if split not in job.metadata.splits:
         raise ValueError(f"split {split!r} is not in {job.data_dir} (present: {sorted(job.metadata.splits)})")
     predict = output_of(job.infer, "predictions")
@@ -230,6 +233,10 @@ def probe_report(result: JobResult, args: argparse.Namespace) -> dict[str, Any]:
 def check_trained_on(job: TrainedJob) -> TrainedJob:
     """Refuses data other than the job's own: its features would be normalised and chunked
     as the job never saw them (log-mel records for a linear-mel model score without error)."""
+    import tensorflow as tf
+
+    from model.jobs import JobError
+
     with tf.io.gfile.GFile(os.path.join(job.job_dir, "config.json")) as handle:
         expected = json.load(handle).get("data_metadata_sha256")
     digest = hashlib.sha256(job.metadata.to_json().encode()).hexdigest()
@@ -241,6 +248,8 @@ def check_trained_on(job: TrainedJob) -> TrainedJob:
 
 
 def evaluate_jobs(args: argparse.Namespace) -> list[JobResult]:
+    from model.jobs import load_job
+
     jobs = []
     for job_dir in [args.job_dir, *args.compare]:
         log(f"loading {job_dir}")
@@ -400,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from model.jobs import JobError
+
     if args.subsets < 1 or args.tsne_max_points < 4:
         print("model.evaluate: error: --subsets must be >= 1 and --tsne-max-points >= 4", file=sys.stderr)
         return 2

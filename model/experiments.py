@@ -29,13 +29,9 @@ import time
 import traceback
 from typing import Any, Sequence
 
-import keras
-
 import trainer
 from model import metrics, plots, tables
 from model.evaluate import json_ready, score_job, write_json
-from model.jobs import load_job
-from pipeline.metadata import Metadata, MetadataError
 from pipeline.params import ATTRIBUTES
 
 EVALUATION_FILE = "evaluation.json"
@@ -169,6 +165,8 @@ def train(run: Run, inline: bool) -> str:
         handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} python trainer.py {shlex.join(run.argv)}\n")
         handle.flush()
         if inline:
+            import keras
+
             try:
                 with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
                     status = trainer.main(list(run.argv))
@@ -196,6 +194,10 @@ def last_error_line(log_path: str) -> str:
 
 def evaluate(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     """Sub-set CCCs of a finished run, cached in its job dir next to metrics.json."""
+    import keras
+
+    from model.jobs import load_job
+
     path = os.path.join(run.job_dir, EVALUATION_FILE)
     settings = {"split": args.split, "subsets": args.subsets, "seed": args.subset_seed}
     if os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(os.path.join(run.job_dir, "metrics.json")):
@@ -388,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pipeline.metadata import Metadata, MetadataError  # TensorFlow, after --help has answered
+
     try:
         if args.trials < 1 or args.subsets < 1:
             raise ValueError("--trials and --subsets must be >= 1")

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from model.tf_paths import load_saved_model
 from pipeline.params import ATTRIBUTES
 
 if TYPE_CHECKING:  # Keras, librosa and Beam only where a model is exported, not where one is served
@@ -257,7 +258,7 @@ def verify_saved_model(path: str, module: EmotionServing, record_features: np.nd
        ``serve_waveform`` gives on the decoded samples (1e-4).
     4. Silence and a short clip: the same outputs as the in-memory module, all finite.
     """
-    loaded = tf.saved_model.load(path)
+    loaded = load_saved_model(path)
     contract = read_contract(loaded)
     params = module.frontend.params
     if set(contract.attributes) != set(module.attributes) or contract.feature_shape != params.feature_shape:

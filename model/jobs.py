@@ -24,8 +24,8 @@ import tensorflow as tf
 from model.network import EmoClusterNet
 from model.predictions import inference_function
 from model.train_config import TrainConfig
-from model.training import (STATE_FILE, JobPaths, TrainingError, build_net, checkpoint_in, restore_checkpoint,
-                            training_checkpoint, variables_checkpoint, write_text)
+from model.training import (STATE_FILE, JobPaths, TrainingError, build_net, checkpoint_in, network_checkpoint,
+                            restore_checkpoint, write_text)
 from pipeline.metadata import Metadata
 
 
@@ -117,8 +117,8 @@ def load_job(job_dir: str, data_dir: str | None = None) -> TrainedJob:
     metadata = Metadata.load(data_dir)
     net = build_net(config, metadata.params)
     try:
-        restore_checkpoint(training_checkpoint(net=variables_checkpoint(net.variables)),
-                           checkpoint_in(paths.checkpoint_dir, state["best_checkpoint"]), partial=True)
+        restore_checkpoint(network_checkpoint(net), checkpoint_in(paths.checkpoint_dir, state["best_checkpoint"]),
+                           partial=True)
     except TrainingError as error:
         raise JobError(f"{job_dir}: {error}") from error
     return TrainedJob(job_dir, config, metadata, data_dir, net, int(state["best_epoch"]), inference_function(net))

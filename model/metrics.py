@@ -8,14 +8,12 @@ models with, so evaluation never disagrees with training about what CCC means.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
-from scipy import stats
 
-from model.losses import ccc
-from model.predictions import SplitPredictions
+if TYPE_CHECKING:  # TensorFlow and SciPy where used: model.experiments --help needs the constants only
+    from model.predictions import SplitPredictions
 
 METRICS: tuple[str, ...] = ("ccc", "pearson", "rmse")
 SIGNIFICANCE_LEVEL = 0.05
@@ -27,6 +25,10 @@ Keyed = Mapping[Key, float]
 
 def concordance(truth: np.ndarray, predicted: np.ndarray) -> float:
     """CCC of two 1-D arrays (population statistics, as ``model.losses.ccc``)."""
+    import tensorflow as tf
+
+    from model.losses import ccc
+
     return float(ccc(tf.constant(truth, tf.float64), tf.constant(predicted, tf.float64)))
 
 
@@ -91,6 +93,8 @@ def t_test(a: Sequence[float], b: Sequence[float]) -> float:
     NaN when it is undefined: fewer than two values on a side, or two equal constant
     samples; two different constant samples differ surely (p = 0, scipy's limit).
     """
+    from scipy import stats
+
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if len(a) < 2 or len(b) < 2:
         return math.nan
@@ -123,6 +127,8 @@ def paired_t_test(a: Keyed, b: Keyed) -> float:
     difficulty cancels in each difference. NaN for fewer than two pairs or all-zero
     differences; 0 for equal non-zero differences (scipy's limit).
     """
+    from scipy import stats
+
     keys = matched_keys(a, b)
     first, second = np.array([a[k] for k in keys], np.float64), np.array([b[k] for k in keys], np.float64)
     differences = first - second

@@ -40,7 +40,8 @@ from contextlib import contextmanager
 from typing import IO, Iterable, Iterator, Sequence
 
 from model.predictor import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_SECONDS, DEFAULT_WINDOW_SECONDS, NO_CHUNKS,
-                             ModelError, Prediction, Predictor, ServedModel, decode_file, first_line)
+                             ModelError, Prediction, Predictor, ServedModel, decode_file, first_line,
+                             import_tensorflow)
 from pipeline.params import ATTRIBUTES
 
 __all__ = ["ServedModel", "decode_file", "DEFAULT_BATCH_SIZE", "main"]
@@ -110,7 +111,7 @@ def rows_of(source: Source, result: Prediction | str, chunks: bool) -> list[Row]
 
 def find_files(paths: Sequence[str]) -> list[str]:
     """Files named and files under the folders named (sorted, recursive, no hidden ones)."""
-    import tensorflow as tf  # as late as this, so that --help does not wait for TensorFlow
+    tf = import_tensorflow()  # as late as this, so that --help does not wait for TensorFlow
 
     files: list[str] = []
     for path in paths:
@@ -122,7 +123,7 @@ def find_files(paths: Sequence[str]) -> list[str]:
 
 
 def _files_at(path: str) -> list[str]:
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if tf.io.gfile.isdir(path):
         found = sorted(posixpath.join(root, name) for root, _, names in tf.io.gfile.walk(path)
@@ -146,7 +147,7 @@ def read_list(path: str) -> tuple[list[str], list[Source]]:
     ones are taken from the list's folder (as the pipeline's manifests). Every other column
     is kept, renamed ``list_<name>`` when it is named like an output column.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         with tf.io.gfile.GFile(path, "r") as handle:
@@ -268,7 +269,7 @@ def replaced_when_done(path: str, mode: str = "w") -> Iterator[IO]:
 
     So a run that fails (or is killed) part-way leaves any previous ``path`` as it was.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     folder, name = posixpath.split(path)
     partial = posixpath.join(folder, f".{name}.partial-{os.getpid()}")
@@ -291,7 +292,7 @@ def same_file(a: str, b: str) -> bool:
 
 def check_destination(flag: str, path: str, inputs: Sequence[str], overwrite: bool) -> None:
     """Refuses a destination whose folder is missing, that is an input, or that exists (without --overwrite)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if not tf.io.gfile.isdir(posixpath.dirname(path) or "."):
         raise UsageError(f"{flag} {path}: its folder does not exist")

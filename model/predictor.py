@@ -15,8 +15,9 @@ ten-minute file would score eleven 1 s chunks, 2 % of its audio. A recording no 
 than a window is scored whole, as one utterance.
 
 This module and ``model.predict`` import numpy and the pipeline's decoder, and TensorFlow
-when a model is loaded or a file read, nothing else (no Beam, Keras, scikit-learn or
-matplotlib): a script or service starts fast, and ``--help`` answers at once.
+when a model is loaded or a file read (``import_tensorflow``), nothing else (no Beam,
+Keras, scikit-learn or matplotlib): a script or service starts fast, and ``--help``
+answers at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+from types import ModuleType
 from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -42,6 +45,28 @@ CHUNK_FUNCTION = "chunk_predictions"
 converted releases give them as ``<attribute>_chunks`` outputs of ``serving_default``."""
 NO_CHUNKS = (f"the model has no chunk scores (no {CHUNK_FUNCTION} function, no <attribute>_chunks outputs: "
              "it was exported before they were); export it again to get them")
+
+
+def import_tensorflow() -> ModuleType:
+    """TensorFlow, imported without Keras unless something imported Keras already.
+
+    ``import tensorflow`` imports Keras 3 when it is installed (to register its optimisers
+    for SavedModels), and Keras imports scikit-learn and matplotlib: about a third of
+    TensorFlow's start-up, for nothing a served model uses (its functions are TensorFlow
+    graphs; ``tf.saved_model.load`` needs no Keras). ``keras`` is held off for that one
+    import, which TensorFlow allows (it skips an ImportError there), and released after:
+    ``import keras`` and ``tf.keras`` still load it on first use.
+    """
+    if "tensorflow" not in sys.modules and "keras" not in sys.modules:
+        sys.modules["keras"] = None  # type: ignore[assignment]  # "import keras" raises ImportError
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            if "keras" in sys.modules and sys.modules["keras"] is None:
+                del sys.modules["keras"]
+    import tensorflow as tf
+
+    return tf
 
 
 class ModelError(ValueError):
@@ -92,12 +117,13 @@ class ServedModel:
     """An exported SavedModel, checked against the serving contract when loaded."""
 
     def __init__(self, path: str):
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         from model.export import CHUNKS_SUFFIX, SERVE_WAVEFORM_FEATURES, SERVING_DEFAULT, ExportError, read_contract
+        from model.tf_paths import load_saved_model
 
         try:
-            self._loaded = tf.saved_model.load(path)
+            self._loaded = load_saved_model(path)
             contract = read_contract(self._loaded)
         except (OSError, ValueError, tf.errors.OpError, ExportError) as error:
             raise ModelError(f"cannot load the model {path}: {first_line(error)}") from error
@@ -326,7 +352,7 @@ def decode_file(path: str, sample_rate: int, max_seconds: float = DEFAULT_MAX_SE
     Anything decoding raises (MemoryError included) becomes a reason: one hostile file
     must cost an error row, not the run.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         with tf.io.gfile.GFile(path, "rb") as handle:

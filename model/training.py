@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model.checkpoints import POSITIONAL_NAME, NamedVariables, network_variables, optimizer_variables, saved_names
 from model.data import SplitSource, inference_batches
 from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
 from model.export import export_saved_model
@@ -37,8 +38,10 @@ from model.reclustering import ReclusterCallback, Reclusterer
 from model.reconstruction import ReconstructionNet
 from model.sampling import ChunkSampler, PlainSampler, SentenceSampler
 from model.split_cache import SplitCache
+from model.tf_paths import readable_checkpoint
 from model.train_config import TrainConfig
 from pipeline.metadata import Metadata
+from pipeline.paths import literal_pattern
 from pipeline.params import ATTRIBUTES, FeatureParams
 
 TRAIN, DEV, TEST, UNLABELED = "train", "dev", "test", "unlabeled"
@@ -211,10 +214,8 @@ class Trainer:
         self.progress = Progress()
         self._state_names: tuple[str, ...] = ()
         """The checkpoints the state file on disk names: never rewritten (``_fresh_prefix``)."""
-        self.checkpoint = training_checkpoint(
-            net=variables_checkpoint(net.variables),
-            optimizers=variables_checkpoint([v for group in self.model.optimizer_groups
-                                             for v in group.optimizer.variables]),
+        self.checkpoint = network_checkpoint(
+            net, {group.name: group.optimizer for group in self.model.optimizer_groups},
             triplet_rng=self.model.triplet_rng,
             **{f"{stage.name}_sampler_epochs": stage.sampler.epochs_started for stage in self.stages},
             **{f"{stage.name}_assignments": stage.sampler.assignments.labels
@@ -443,18 +444,6 @@ class Trainer:
         return metrics
 
 
-def variables_checkpoint(variables) -> tf.train.Checkpoint:
-    """Checkpoints variables by position.
-
-    Keras 3 keeps sub-layers and optimizer slots in lists that the object graph of
-    ``tf.train.Checkpoint`` does not follow (a plain ``Checkpoint(net=net)`` silently
-    leaves out every layer held in a list), so the variables are listed explicitly. The
-    architecture is rebuilt from config.json, so positions match; ``restore_checkpoint``
-    refuses a checkpoint whose variables do not all match.
-    """
-    return tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(variables)})
-
-
 def training_checkpoint(**children: Any) -> tf.train.Checkpoint:
     """A root checkpoint whose ``save_counter`` exists before it is written: ``restore``
     creates it otherwise, and then it is the one unmatched object ``restore_checkpoint``'s
@@ -464,21 +453,50 @@ def training_checkpoint(**children: Any) -> tf.train.Checkpoint:
     return checkpoint
 
 
+def network_checkpoint(net: keras.Layer, optimizers: Mapping[str, keras.optimizers.Optimizer] | None = None,
+                       **children: Any) -> tf.train.Checkpoint:
+    """``net``'s variables (child ``net``) and those of its ``optimizers`` (``optimizers``)
+    under their names (``model.checkpoints``), with any other ``children``."""
+    names = network_variables(net)
+    if optimizers is not None:
+        children["optimizers"] = NamedVariables(optimizer_variables(optimizers, names))
+    return training_checkpoint(net=NamedVariables(names), **children)
+
+
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False) -> None:
     """Restores ``prefix`` into ``checkpoint``, or raises TrainingError saying why.
 
-    Every variable of ``checkpoint`` must be in the file, and unless ``partial`` every
-    value in the file must find its variable: a checkpoint of another architecture is
-    refused rather than leaving weights at their initial values.
+    Variables are matched by name (``model.checkpoints``): every ``NamedVariables`` child
+    must find exactly its names, with their shapes, in the file, so a checkpoint of another
+    architecture or Keras version is refused naming what differs, rather than leaving
+    weights at their initial values or in each other's places. Unless ``partial``, every
+    other value in the file must find its object too.
     """
+    with readable_checkpoint(prefix) as readable:
+        _restore(checkpoint, readable, prefix, partial)
+
+
+def _restore(checkpoint: tf.train.Checkpoint, readable: str, prefix: str, partial: bool) -> None:
     try:
         # The reader takes the prefix itself: list_variables would treat a ram:// or gs://
         # prefix that looks like a folder as one and look for a 'checkpoint' file in it.
-        tf.compat.v1.train.NewCheckpointReader(prefix)
+        shapes = tf.compat.v1.train.NewCheckpointReader(readable).get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
         raise TrainingError(f"checkpoint {prefix} cannot be read: {_first_line(error)}") from error
+    problems = []
+    for child, named in vars(checkpoint).items():
+        if isinstance(named, NamedVariables):
+            saved = saved_names(shapes, child)
+            if saved and all(POSITIONAL_NAME.fullmatch(name) for name in saved):
+                raise TrainingError(f"checkpoint {prefix} keeps its variables by position (written before "
+                                    f"checkpoints named them); it cannot be restored by name: train again "
+                                    f"into a new --job-dir")
+            problems.extend(f"{child}: {problem}" for problem in named.mismatches(saved))
+    if problems:
+        raise TrainingError(f"checkpoint {prefix} does not match this network (another architecture or "
+                            f"Keras version?): {'; '.join(problems)}")
     try:
-        status = checkpoint.restore(prefix)
+        status = checkpoint.restore(readable)
     except (ValueError, tf.errors.OpError) as error:  # a variable of another shape or dtype
         raise TrainingError(f"checkpoint {prefix} does not match this network: {_first_line(error)}") from error
     status.expect_partial()  # no warnings at exit: a mismatch is raised here instead
@@ -533,7 +551,7 @@ def checkpoint_in(checkpoint_dir: str, prefix: str) -> str:
 
 
 def _remove_checkpoint(prefix: str) -> None:
-    for path in tf.io.gfile.glob(prefix + ".*"):
+    for path in tf.io.gfile.glob(literal_pattern(prefix) + ".*"):  # a job folder named run[2] is no pattern
         tf.io.gfile.remove(path)
 
 

@@ -11,17 +11,24 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.corpus import CorpusError
-from pipeline.options import OptionsError, PreprocessOptions
-from pipeline.run import OutputExistsError, run
-from pipeline.summary import format_summary
+from pipeline.flags import help_parser
+
+HELP_FLAGS = ("-h", "--help")
 
 
 def main(argv: list[str] | None = None) -> int:
+    flags = sys.argv[1:] if argv is None else list(argv)
+    if any(flag in HELP_FLAGS for flag in flags):
+        help_parser().parse_known_args(flags)  # prints the help and exits, before Beam is imported
+    from pipeline.corpus import CorpusError
+    from pipeline.options import OptionsError, PreprocessOptions
+    from pipeline.run import OutputExistsError, run
+    from pipeline.summary import format_summary
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
     logging.getLogger("pipeline").setLevel(logging.INFO)  # our progress; Beam's INFO is noise here
-    options = PreprocessOptions(sys.argv[1:] if argv is None else argv)
+    options = PreprocessOptions(flags)
     try:
         options.check()
         run(options)

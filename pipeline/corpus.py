@@ -27,11 +27,8 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.flags import CORPUS_KINDS, CSV, MSP_PODCAST  # the --corpus values, defined with the flag
 from pipeline.params import ATTRIBUTES
-
-MSP_PODCAST = "msp-podcast"
-CSV = "csv"
-CORPUS_KINDS = (MSP_PODCAST, CSV)
 
 TRAIN = "train"
 UNLABELED = "unlabeled"

@@ -22,6 +22,7 @@ from pipeline.corpus import TRAIN, Corpus, CorpusError, Utterance, labelled_spli
 from pipeline.metadata import FILENAME as METADATA_FILE
 from pipeline.options import PreprocessOptions
 from pipeline.params import ATTRIBUTES
+from pipeline.paths import literal_pattern
 from pipeline.probes import FILENAME as PROBES_FILE, WriteProbes
 from pipeline.stats import MeanStdFn
 from pipeline.spill import FOLDER as SPILL_FOLDER, RemoveSpill, SpillMels
@@ -58,8 +59,8 @@ class OutputExistsError(ValueError):
 
 def check_fresh_output(output: str) -> None:
     """Refuses an output folder that already holds pipeline outputs."""
-    existing = [FileSystems.split(m.path)[1] for m in FileSystems.match([FileSystems.join(output, "*")])[0]
-                .metadata_list]
+    listed = FileSystems.match([FileSystems.join(literal_pattern(output), "*")])[0].metadata_list
+    existing = [FileSystems.split(m.path)[1] for m in listed]
     taken = sorted(name for name in existing if any(fnmatch.fnmatch(name, p) for p in _OUTPUT_PATTERNS))
     if taken:
         raise OutputExistsError(f"{output} already holds pipeline outputs ({', '.join(taken[:3])}, ...); "

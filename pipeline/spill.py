@@ -20,11 +20,12 @@ from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import AsList
 
 from pipeline.corpus import Utterance
+from pipeline.paths import literal_pattern, remove_folder
+from pipeline.sinks import read_tfrecords, write_tfrecords
 
 FOLDER = "tmp-train-mels"
 _HEADER = struct.Struct("<III")
@@ -66,10 +67,9 @@ class SpillMels(beam.PTransform):
     def expand(self, pairs: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         files = (pairs
                  | "Pack" >> beam.Map(pack)
-                 | "Write" >> beam.io.WriteToTFRecord(FileSystems.join(self._folder, "mels"),
-                                                      compression_type=CompressionTypes.UNCOMPRESSED))
+                 | "Write" >> write_tfrecords(FileSystems.join(self._folder, "mels")))
         read_back = (files
-                     | "Read" >> beam.io.ReadAllFromTFRecord(compression_type=CompressionTypes.UNCOMPRESSED)
+                     | "Read" >> read_tfrecords()
                      | "Unpack" >> beam.Map(unpack))
         return read_back, files
 
@@ -81,9 +81,8 @@ class _RemoveFn(beam.DoFn):
 
     def process(self, files: Sequence[str], after: Sequence) -> Iterator[int]:
         if files:
-            FileSystems.delete(list(files))
-        if FileSystems.exists(self._folder):  # a local folder; object stores have none
-            FileSystems.delete([self._folder])
+            FileSystems.delete([literal_pattern(path) for path in files])
+        remove_folder(self._folder)
         yield len(files)
 
 

@@ -13,12 +13,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.metadata import Metadata
+from pipeline.paths import literal_pattern
 from pipeline.transforms import ERRORS_PREFIX, ERRORS_SUFFIX
 
 
 def read_errors(output: str) -> list[dict]:
     """Every error record of a finished run."""
-    pattern = FileSystems.join(output, f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}")
+    pattern = FileSystems.join(literal_pattern(output), f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}")
     errors = []
     for match in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
         with FileSystems.open(match.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

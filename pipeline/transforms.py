@@ -29,7 +29,8 @@ from pipeline.extract import Rejected, utterance_mel
 from pipeline.features import mel_to_chunks
 from pipeline.metadata import LabelStats, Metadata, SplitInfo
 from pipeline.params import ATTRIBUTES, FeatureParams
-from pipeline.sinks import DEFAULT_GZIP_LEVEL, WriteGzipTFRecords
+from pipeline.paths import literal_pattern
+from pipeline.sinks import DEFAULT_GZIP_LEVEL, WriteGzipTFRecords, write_text
 from pipeline.stats import MeanStdFn, Moments
 
 METRICS_NAMESPACE = "pipeline"
@@ -61,7 +62,7 @@ class ReadUtterances(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (pbegin
-                | "ReadLines" >> beam.io.ReadFromText(self._path)
+                | "ReadLines" >> beam.io.ReadFromText(literal_pattern(self._path))
                 | "Distribute" >> beam.Reshuffle()
                 | "Parse" >> beam.Map(Utterance.from_json))
 
@@ -281,8 +282,7 @@ class WriteErrors(beam.PTransform):
     def expand(self, errors: beam.PCollection) -> beam.PCollection:
         return (errors
                 | "ToJson" >> beam.Map(json.dumps, sort_keys=True)
-                | "Write" >> beam.io.WriteToText(FileSystems.join(self._output, ERRORS_PREFIX),
-                                                 file_name_suffix=ERRORS_SUFFIX))
+                | "Write" >> write_text(FileSystems.join(self._output, ERRORS_PREFIX), ERRORS_SUFFIX))
 
 
 class CountOutcomes(beam.PTransform):

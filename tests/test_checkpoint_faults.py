@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import trainer
 from model.jobs import JobError, load_job
-from model.training import TrainingError, restore_checkpoint, training_checkpoint, variables_checkpoint
+from model.deep_cluster import DeepEmoCluster
+from model.train_config import TrainConfig
+from model.training import TrainingError, build_net, network_checkpoint, restore_checkpoint, training_checkpoint
+from pipeline.params import FeatureParams
 from tests.fixtures.jobs import train_job
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,27 +91,132 @@ def test_a_kill_during_the_last_checkpoint_write_leaves_a_resumable_job(tmp_path
 
 
 class _TinyNet(keras.Model):
-    def __init__(self, name: str):
-        super().__init__(name=name)
-        self.first = keras.layers.Dense(2, name="first")
-        self.second = keras.layers.Dense(2, name="second")
+    """Two layers of one shape: weights restored into each other's places would fit."""
 
-    def call(self, inputs):
-        return self.second(self.first(inputs))
+    def __init__(self, units: tuple[int, int] = (2, 2), third: bool = False):
+        super().__init__()
+        self.first = keras.layers.Dense(units[0])
+        self.second = keras.layers.Dense(units[1])
+        if third:
+            self.third = keras.layers.Dense(2)
+        self.build((None, 2))
+
+    def build(self, input_shape):
+        self.first.build(input_shape)
+        self.second.build((None, self.first.units))
+        if hasattr(self, "third"):
+            self.third.build((None, self.second.units))
 
 
-def _tiny_model(name: str, order: tuple[str, ...]) -> tuple[keras.Model, list]:
-    model = _TinyNet(name)
-    model(tf.zeros((1, 3)))
-    return model, [v for layer in order for v in getattr(model, layer).variables]
+class _TinyNetBuiltTheOtherWay(_TinyNet):
+    """The same attributes, created and built second layer first, as a Keras upgrade or a
+    refactor may: ``variables`` and every optimizer slot list come in another order."""
+
+    def __init__(self):
+        keras.Model.__init__(self)
+        self.second = keras.layers.Dense(2)
+        self.first = keras.layers.Dense(2)
+        self.second.build((None, 2))
+        self.first.build((None, 2))
+        self.built = True
 
 
-def test_a_checkpoint_of_another_network_is_refused(tmp_path: Path) -> None:
-    model, variables = _tiny_model("net", ("first", "second"))
-    prefix = training_checkpoint(net=variables_checkpoint(variables[:2])).write(str(tmp_path / "half"))
+def _adam(net: keras.Model) -> keras.optimizers.Optimizer:
+    optimizer = keras.optimizers.Adam(name="adam")
+    optimizer.build(net.trainable_variables)
+    return optimizer
+
+
+def _randomise(net: keras.Model, optimizer: keras.optimizers.Optimizer, seed: int) -> None:
+    """Distinct values in every weight and every slot (one step on random gradients)."""
+    generator = tf.random.Generator.from_seed(seed)
+    for variable in net.variables:
+        variable.assign(generator.normal(variable.shape))
+    optimizer.apply([generator.normal(v.shape) for v in net.trainable_variables], net.trainable_variables)
+
+
+def _state(net: keras.Model, optimizer: keras.optimizers.Optimizer) -> dict[str, np.ndarray]:
+    """Every weight and slot, keyed by what it is (layer attribute, weight, slot)."""
+    state = {}
+    for layer in ("first", "second"):
+        for weight in ("kernel", "bias"):
+            variable = getattr(getattr(net, layer), weight)
+            index = optimizer._get_variable_index(variable)
+            state[f"{layer}.{weight}"] = variable.numpy()
+            state[f"{layer}.{weight}.momentum"] = optimizer._momentums[index].numpy()
+            state[f"{layer}.{weight}.velocity"] = optimizer._velocities[index].numpy()
+    state["iterations"] = optimizer.iterations.numpy()
+    return state
+
+
+def test_a_network_whose_variables_come_in_another_order_restores_every_weight_in_place(tmp_path: Path) -> None:
+    """Checkpoints kept variables by position: a network listing them in another order got
+    the second layer's weights in the first and each slot on another weight, silently."""
+    saved, reordered = _TinyNet(), _TinyNetBuiltTheOtherWay()
+    assert [v.shape for v in saved.variables] == [v.shape for v in reordered.variables]
+    assert [id(v) for v in saved.variables].index(id(saved.first.kernel)) != \
+        [id(v) for v in reordered.variables].index(id(reordered.first.kernel))
+    saved_adam, reordered_adam = _adam(saved), _adam(reordered)
+    _randomise(saved, saved_adam, seed=1)
+    _randomise(reordered, reordered_adam, seed=2)
+    prefix = network_checkpoint(saved, {"adam": saved_adam}).write(str(tmp_path / "ckpt"))
+
+    restore_checkpoint(network_checkpoint(reordered, {"adam": reordered_adam}), prefix)
+
+    expected, got = _state(saved, saved_adam), _state(reordered, reordered_adam)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_a_network_rebuilt_in_the_same_process_restores(tmp_path: Path) -> None:
+    """Keras numbers layer and SeedGenerator names per process (``dense_3``,
+    ``seed_generator_7``): names taken from there fail on a second build in one process."""
+    config = TrainConfig(model="temp-trans")
+    saved, rebuilt = (build_net(config, FeatureParams()) for _ in range(2))
+    saved_model, rebuilt_model = DeepEmoCluster(config, saved), DeepEmoCluster(config, rebuilt)
+
+    def optimizers(model: DeepEmoCluster) -> dict[str, keras.optimizers.Optimizer]:
+        return {group.name: group.optimizer for group in model.optimizer_groups}
+
+    generator = tf.random.Generator.from_seed(3)
+    for variable in [*saved.variables, *(v for o in optimizers(saved_model).values() for v in o.variables)]:
+        variable.assign(tf.cast(generator.uniform(variable.shape, maxval=100, dtype=tf.int32), variable.dtype))
+    prefix = network_checkpoint(saved, optimizers(saved_model)).write(str(tmp_path / "ckpt"))
+
+    restore_checkpoint(network_checkpoint(rebuilt, optimizers(rebuilt_model)), prefix)
+
+    for mine, theirs in zip(saved.variables, rebuilt.variables, strict=True):
+        np.testing.assert_array_equal(theirs.numpy(), mine.numpy(), err_msg=mine.path)
+    for name, optimizer in optimizers(saved_model).items():
+        for mine, theirs in zip(optimizer.variables, optimizers(rebuilt_model)[name].variables, strict=True):
+            np.testing.assert_array_equal(theirs.numpy(), mine.numpy(), err_msg=mine.path)
+
+
+@pytest.mark.parametrize("other, refusal", [
+    (lambda: _TinyNet(third=True), r"missing third/_kernel, third/bias"),
+    (lambda: _TinyNet(units=(3, 2)), r"other shapes: first/_kernel \[2, 2\] \(here \[2, 3\]\)"),
+])
+def test_a_checkpoint_of_another_network_is_refused_naming_the_variables(tmp_path: Path, other, refusal) -> None:
+    prefix = network_checkpoint(_TinyNet()).write(str(tmp_path / "ckpt"))
+    with pytest.raises(TrainingError, match="does not match this network.*" + refusal):
+        restore_checkpoint(network_checkpoint(other()), prefix)
+    prefix = network_checkpoint(other()).write(str(tmp_path / "other"))
     with pytest.raises(TrainingError, match="does not match this network"):
-        restore_checkpoint(training_checkpoint(net=variables_checkpoint(variables)), prefix)
-    restore_checkpoint(training_checkpoint(net=variables_checkpoint(variables[:2])), prefix)
+        restore_checkpoint(network_checkpoint(_TinyNet()), prefix)
+
+
+def test_a_checkpoint_with_an_extra_variable_is_refused_naming_it(tmp_path: Path) -> None:
+    prefix = network_checkpoint(_TinyNet(third=True)).write(str(tmp_path / "ckpt"))
+    with pytest.raises(TrainingError, match="not in this network third/_kernel, third/bias"):
+        restore_checkpoint(network_checkpoint(_TinyNet()), prefix)
+
+
+def test_a_checkpoint_keyed_by_position_is_refused_with_the_reason(tmp_path: Path) -> None:
+    net = _TinyNet()
+    old = training_checkpoint(net=tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(net.variables)}))
+    prefix = old.write(str(tmp_path / "old"))
+    with pytest.raises(TrainingError, match="by position.*train again"):
+        restore_checkpoint(network_checkpoint(net), prefix)
 
 
 def test_evaluating_a_job_with_a_network_its_checkpoint_does_not_fit_is_refused(tmp_path: Path,

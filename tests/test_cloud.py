@@ -610,6 +610,8 @@ LOCAL_ONLY = {
     ("model/predict.py", "os.path.exists"): "compares local output and input paths (gs:// compared as text before)",
     ("model/predict.py", "os.path.samefile"): "compares local output and input paths (gs:// compared as text before)",
     ("model/predict.py", "os.path.realpath"): "compares local output and input paths (gs:// compared as text before)",
+    ("pipeline/paths.py", "shutil.rmtree"):
+        "deletes a folder on Beam's local file system (checked first), whose delete takes a pattern matching files only",
 }
 """Allowed local-only calls in otherwise path-agnostic modules, each with its reason."""
 

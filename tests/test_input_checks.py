@@ -78,15 +78,6 @@ def test_a_split_missing_one_of_its_shards_is_an_error(tmp_path: Path) -> None:
     assert len(split_files(str(tmp_path), "test")) == 1
 
 
-def test_an_output_folder_with_glob_characters_is_a_clear_error(tmp_path: Path, capsys) -> None:
-    from pipeline.__main__ import main
-
-    manifest = _manifest(tmp_path, [("a.wav", "train")])
-    assert main(["--corpus", "csv", "--manifest", manifest, "--output", str(tmp_path / "run[2]")]) == 2
-    assert "holds one of [ ] * ?" in capsys.readouterr().err
-    assert not (tmp_path / "run[2]").exists()
-
-
 def test_evaluating_on_data_the_job_was_not_trained_on_is_refused(tmp_path: Path, trained_job: Path,
                                                                   tiny_features: Path, capsys) -> None:
     from model.evaluate import main
