@@ -23,6 +23,7 @@ from pipeline.audio import decode_audio
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.edge_audio import write_edge_files
 from tests.test_export import export_amplified
+from tests.fixtures.streams import Terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 PREDICTION_TOLERANCE = 1e-4
@@ -183,11 +184,6 @@ def test_an_unloadable_model_exits_3(model: Path, folder: Path, tmp_path: Path, 
                           (partial, "missing signature(s) serve_waveform")]:
         assert main(["--model", str(path), clip]) == EXIT_MODEL
         assert message in capsys.readouterr().err, path
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_progress_redraws_on_a_terminal_and_stays_quiet_for_a_handful_of_files() -> None:

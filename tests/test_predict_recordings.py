@@ -10,7 +10,6 @@ from the tiny pipeline output: no training needed.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from pipeline.audio import decode_audio
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.hostile_audio import flac_claiming
+from tests.fixtures.streams import Terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -333,11 +333,6 @@ def test_prediction_imports_only_what_it_uses(model: Path, audio: dict[str, Path
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.splitlines()[-1]) > 0
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_progress_counts_the_windows_of_a_long_file_on_a_terminal() -> None:

@@ -18,13 +18,7 @@ from model import progress as progress_module
 from model.joblog import JobLog
 from model.progress import Progress, Reporter, Tally, duration
 from model.reclustering import Reclusterer
-
-
-class Terminal(io.StringIO):
-    """A stream that says it is a terminal, as sys.stderr does in an interactive shell."""
-
-    def isatty(self) -> bool:
-        return True
+from tests.fixtures.streams import Terminal
 
 
 class Clock:
