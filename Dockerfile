@@ -20,14 +20,14 @@ COPY requirements.txt ./
 # base image's version keeps that TensorFlow (already installed) and only adds the CUDA and
 # cuDNN wheels TensorFlow was built against: the -gpu images since 2.18 are reported to ship a
 # system cuDNN that TensorFlow cannot use (tensorflow/tensorflow#62412), which hides the GPU.
-# cloudml-hypertune reports the dev CCC in hyperparameter tuning jobs (model/hypertune.py).
+# cloudml-hypertune reports the dev CCC in hyperparameter tuning jobs (model/training/hypertune.py).
 RUN sed '/^tensorflow-cpu==/d' requirements.txt > /tmp/requirements-gpu.txt \
     && python -m pip install --no-cache-dir -r /tmp/requirements-gpu.txt \
         "tensorflow[and-cuda]==2.21.0" "cloudml-hypertune==0.1.0.dev6" \
     && rm /tmp/requirements-gpu.txt
 # mimalloc (cmeel-mimalloc, requirements.txt) under every process of the image: on glibc malloc
 # the CPU training step is page-fault bound and 2x slower (docs/performance.md). trainer.py
-# would re-execute itself with it anyway (model/allocator.py); this covers every other command.
+# would re-execute itself with it anyway (model/training/allocator.py); this covers every other command.
 RUN ln -s "$(python -c "from importlib import metadata; \
 print(metadata.distribution('cmeel-mimalloc').locate_file('cmeel.prefix/lib/libmimalloc.so.3'))")" \
         /usr/local/lib/libmimalloc.so.3

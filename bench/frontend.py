@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model.frontend import WaveformFrontend  # noqa: E402
-from pipeline.features import mel_to_chunks, waveform_to_mel  # noqa: E402
+from model.serving.graph_frontend import WaveformFrontend  # noqa: E402
+from pipeline.numpy_frontend import mel_to_chunks, waveform_to_mel  # noqa: E402
 from pipeline.params import FeatureParams  # noqa: E402
 
 WARMUP = 5

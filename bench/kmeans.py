@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
-from model.kmeans import kmeans, kmeans_plusplus, lloyd  # noqa: E402
+from model.training.kmeans import kmeans, kmeans_plusplus, lloyd  # noqa: E402
 
 
 def make_points(num_points: int, dims: int, seed: int = 0) -> np.ndarray:

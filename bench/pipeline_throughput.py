@@ -47,9 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import records, spill  # noqa: E402
-from pipeline.audio import decode_audio  # noqa: E402
+from pipeline.audio_decoding import decode_audio  # noqa: E402
 from pipeline.corpus import Utterance, read_csv_manifest  # noqa: E402
-from pipeline.features import mel_to_chunks, waveform_to_mel  # noqa: E402
+from pipeline.numpy_frontend import mel_to_chunks, waveform_to_mel  # noqa: E402
 from pipeline.params import FeatureParams  # noqa: E402
 from pipeline.sinks import DEFAULT_GZIP_LEVEL  # noqa: E402
 

@@ -41,8 +41,8 @@ from isal import igzip
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.data import SplitSource  # noqa: E402
-from model.sampling import ChunkSampler, PlainSampler, SentenceSampler  # noqa: E402
+from model.training.datasets import SplitSource  # noqa: E402
+from model.training.samplers import ChunkSampler, PlainSampler, SentenceSampler  # noqa: E402
 from pipeline import records, sinks  # noqa: E402
 from pipeline.params import FeatureParams  # noqa: E402
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model.predict import DEFAULT_BATCH_SIZE, ServedModel, Source, decode_file, predict_files  # noqa: E402
-from model.predictor import Predictor  # noqa: E402
+from model.serving.predict import DEFAULT_BATCH_SIZE, ServedModel, Source, decode_file, predict_files  # noqa: E402
+from model.serving.predictor import Predictor  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 WARMUP = 5

@@ -1,6 +1,6 @@
 """Throughput of the real training step (``DeepEmoCluster.train_step``) and of re-clustering.
 
-Builds a variant's model exactly as the trainer does (``model.training.build_net``,
+Builds a variant's model exactly as the trainer does (``model.training.algorithm.build_net``,
 ``DeepEmoCluster``, ``compile``) and runs Keras's own ``train_function`` (forward, every
 loss term, backward, every optimizer) on one random batch shaped like real data (C 11,
 m 62, 128 mels; vanilla gets the 64 x 11 one-chunk pseudo-sentences its chunk sampler
@@ -8,7 +8,7 @@ yields), repeated in memory so that only the step is timed. Reports the median o
 ``--steps`` steps after ``--warmup`` steps, the process CPU time and page faults per step,
 the inference throughput of the same network, and the peak RSS. For clustering variants
 it also times what ``Reclusterer.run`` does before every stage (``embed_batches`` over
-``--embed-sentences`` sentences, then ``model.kmeans`` on all their chunks) and gives its
+``--embed-sentences`` sentences, then ``model.training.kmeans`` on all their chunks) and gives its
 share of an epoch (re-clustering + one training pass over the same sentences).
 The last line printed is one JSON object.
 
@@ -33,7 +33,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from model.allocator import loaded_allocator, use_fast_allocator  # noqa: E402
+from model.training.allocator import loaded_allocator, use_fast_allocator  # noqa: E402
 
 if __name__ == "__main__":
     use_fast_allocator()
@@ -41,13 +41,13 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from model.deep_cluster import DeepEmoCluster  # noqa: E402
-from model.kmeans import kmeans  # noqa: E402
-from model.predictions import inference_function, output_of  # noqa: E402
-from model.reclustering import embed_batches  # noqa: E402
-from model.train_config import PRECISIONS, TrainConfig  # noqa: E402
-from model.training import build_net  # noqa: E402
-from model.variants import VARIANTS  # noqa: E402
+from model.training.train_step import DeepEmoCluster  # noqa: E402
+from model.training.kmeans import kmeans  # noqa: E402
+from model.evaluation.split_predictions import inference_function, output_of  # noqa: E402
+from model.training.reassignment import embed_batches  # noqa: E402
+from model.training.config import PRECISIONS, TrainConfig  # noqa: E402
+from model.nets.builder import build_net  # noqa: E402
+from model.nets.variants import VARIANTS  # noqa: E402
 from pipeline.params import FeatureParams  # noqa: E402
 
 PAPER_MODELS = ("regressor", "vanilla", "temp-gru", "temp-cnn", "temp-trans", "temp-triplet")
@@ -73,7 +73,7 @@ def random_batch(config: TrainConfig, params: FeatureParams, seed: int) -> dict[
 
 
 def build_model(config: TrainConfig, params: FeatureParams) -> DeepEmoCluster:
-    """The trainer's model, compiled as ``model.training.Trainer`` does."""
+    """The trainer's model, compiled as ``model.training.algorithm.Trainer`` does."""
     model = DeepEmoCluster(config, build_net(config, params))
     model.compile(jit_compile=config.jit_compile)
     return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.audio import DEFAULT_MAX_SECONDS, SAMPLE_RATES
+from pipeline.audio_decoding import DEFAULT_MAX_SECONDS, SAMPLE_RATES
 from pipeline.params import CHUNK_SHIFTS, PAD_MODES, SHORT_RULES, STORAGE_DTYPES, FeatureParams
 
 MSP_PODCAST = "msp-podcast"

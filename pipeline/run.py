@@ -23,7 +23,8 @@ from pipeline.metadata import FILENAME as METADATA_FILE
 from pipeline.options import PreprocessOptions
 from pipeline.params import ATTRIBUTES
 from pipeline.paths import literal_pattern
-from pipeline.probes import FILENAME as PROBES_FILE, WriteProbes
+from pipeline.probe_file import FILENAME as PROBES_FILE
+from pipeline.probes import WriteProbes
 from pipeline.stats import MeanStdFn
 from pipeline.spill import FOLDER as SPILL_FOLDER, RemoveSpill, SpillMels
 from pipeline.transforms import (

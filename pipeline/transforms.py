@@ -23,15 +23,15 @@ from apache_beam.pvalue import AsDict, AsList, AsSingleton, TaggedOutput
 
 from model.progress import Tally
 from pipeline import records
-from pipeline.audio import DEFAULT_MAX_SECONDS
+from pipeline.audio_decoding import DEFAULT_MAX_SECONDS
 from pipeline.corpus import TRAIN, Utterance
-from pipeline.extract import Rejected, utterance_mel
-from pipeline.features import mel_to_chunks
 from pipeline.metadata import LabelStats, Metadata, SplitInfo
+from pipeline.numpy_frontend import mel_to_chunks
 from pipeline.params import ATTRIBUTES, FeatureParams
 from pipeline.paths import literal_pattern
 from pipeline.sinks import DEFAULT_GZIP_LEVEL, WriteGzipTFRecords, write_text
 from pipeline.stats import MeanStdFn, Moments
+from pipeline.utterance_mel import Rejected, utterance_mel
 
 METRICS_NAMESPACE = "pipeline"
 ERRORS_PREFIX = "errors"

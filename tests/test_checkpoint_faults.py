@@ -15,10 +15,11 @@ import pytest
 import tensorflow as tf
 
 import trainer
-from model.jobs import JobError, load_job
-from model.deep_cluster import DeepEmoCluster
-from model.train_config import TrainConfig
-from model.training import TrainingError, build_net, network_checkpoint, restore_checkpoint, training_checkpoint
+from model.training.job_folder import JobError, load_job
+from model.training.train_step import DeepEmoCluster
+from model.training.config import TrainConfig
+from model.nets.builder import build_net
+from model.training.checkpoints import CheckpointError, network_checkpoint, restore_checkpoint, training_checkpoint
 from pipeline.params import FeatureParams
 from tests.fixtures.jobs import train_job
 
@@ -198,16 +199,16 @@ def test_a_network_rebuilt_in_the_same_process_restores(tmp_path: Path) -> None:
 ])
 def test_a_checkpoint_of_another_network_is_refused_naming_the_variables(tmp_path: Path, other, refusal) -> None:
     prefix = network_checkpoint(_TinyNet()).write(str(tmp_path / "ckpt"))
-    with pytest.raises(TrainingError, match="does not match this network.*" + refusal):
+    with pytest.raises(CheckpointError, match="does not match this network.*" + refusal):
         restore_checkpoint(network_checkpoint(other()), prefix)
     prefix = network_checkpoint(other()).write(str(tmp_path / "other"))
-    with pytest.raises(TrainingError, match="does not match this network"):
+    with pytest.raises(CheckpointError, match="does not match this network"):
         restore_checkpoint(network_checkpoint(_TinyNet()), prefix)
 
 
 def test_a_checkpoint_with_an_extra_variable_is_refused_naming_it(tmp_path: Path) -> None:
     prefix = network_checkpoint(_TinyNet(third=True)).write(str(tmp_path / "ckpt"))
-    with pytest.raises(TrainingError, match="not in this network third/_kernel, third/bias"):
+    with pytest.raises(CheckpointError, match="not in this network third/_kernel, third/bias"):
         restore_checkpoint(network_checkpoint(_TinyNet()), prefix)
 
 
@@ -215,7 +216,7 @@ def test_a_checkpoint_keyed_by_position_is_refused_with_the_reason(tmp_path: Pat
     net = _TinyNet()
     old = training_checkpoint(net=tf.train.Checkpoint(**{f"v{i:04d}": v for i, v in enumerate(net.variables)}))
     prefix = old.write(str(tmp_path / "old"))
-    with pytest.raises(TrainingError, match="by position.*train again"):
+    with pytest.raises(CheckpointError, match="by position.*train again"):
         restore_checkpoint(network_checkpoint(net), prefix)
 
 

@@ -31,8 +31,8 @@ import yaml
 from apache_beam.portability.api import beam_runner_api_pb2
 
 import trainer
-from model import hypertune
-from model.export import SERVE_WAV_BYTES, SERVE_WAVEFORM, SERVE_WAVEFORM_FEATURES, SERVING_DEFAULT
+from model.training import hypertune
+from model.serving.export import SERVE_WAV_BYTES, SERVE_WAVEFORM, SERVE_WAVEFORM_FEATURES, SERVING_DEFAULT
 from pipeline.options import PreprocessOptions
 from pipeline.run import build_pipeline
 from tests.fixtures.jobs import train_job
@@ -409,8 +409,8 @@ def test_a_vertex_ai_job_records_its_folders_and_no_other_run_adopts_its_checkpo
         tiny_features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """config.json says where the AIP_* folders were, readers follow it, and a new --job-dir
     over the same AIP_CHECKPOINT_DIR is refused; the flags come as Vertex AI tuning sends them."""
-    from model.data import inference_batches
-    from model.jobs import load_job
+    from model.training.datasets import inference_batches
+    from model.training.job_folder import load_job
 
     base = tmp_path / "vertex"
     folders = {"AIP_MODEL_DIR": base / "model", "AIP_CHECKPOINT_DIR": base / "checkpoints",
@@ -468,7 +468,7 @@ MULTIWORKER_SECONDS = 480
 def test_two_multiworker_replicas_on_loopback_leave_one_consistent_job(tiny_features: Path, tmp_path: Path) -> None:
     """Two ``MultiWorkerMirroredStrategy`` workers (chief and worker, as Vertex AI's two pools)
     train one job: the chief writes the job folder, the worker only its own scratch folder."""
-    from model.jobs import load_job
+    from model.training.job_folder import load_job
 
     job, scratch = tmp_path / "job", tmp_path / "tmp"
     scratch.mkdir()
@@ -523,7 +523,7 @@ def test_an_11_second_wav_request_fits_the_online_prediction_limit_and_answers_l
 
     import soundfile
 
-    from model.export import REQUEST_LIMIT_BYTES
+    from model.serving.export import REQUEST_LIMIT_BYTES
     from pipeline.params import ATTRIBUTES
     from tests.fixtures.edge_audio import speech_like
 
@@ -607,21 +607,21 @@ LOCAL_ONLY = {
         "makes a local manifest path absolute; a path with a scheme (gs://) is returned before it",
     ("pipeline/options.py", "os.path.exists"):
         "tells a local labels path holding '=' from a Beam job label; a gs:// path is a path anyway",
-    ("model/predict.py", "os.path.exists"): "compares local output and input paths (gs:// compared as text before)",
-    ("model/predict.py", "os.path.samefile"): "compares local output and input paths (gs:// compared as text before)",
-    ("model/predict.py", "os.path.realpath"): "compares local output and input paths (gs:// compared as text before)",
+    ("model/serving/predict.py", "os.path.exists"): "compares local output and input paths (gs:// compared as text before)",
+    ("model/serving/predict.py", "os.path.samefile"): "compares local output and input paths (gs:// compared as text before)",
+    ("model/serving/predict.py", "os.path.realpath"): "compares local output and input paths (gs:// compared as text before)",
     ("pipeline/paths.py", "shutil.rmtree"):
         "deletes a folder on Beam's local file system (checked first), whose delete takes a pattern matching files only",
 }
 """Allowed local-only calls in otherwise path-agnostic modules, each with its reason."""
 
 LOCAL_ONLY_MODULES = {
-    "model/evaluate.py": "writes its report (JSON, CSV, PNG figures) into a local --output folder",
-    "model/experiments.py": "keeps an experiment's runs, logs and result tables in a local --output folder",
-    "model/allocator.py": "finds the allocator library in the local virtual environment and reads /proc",
-    "model/convert_reference.py": "converts a local copy of the authors' repository into a local folder",
-    "model/torch_legacy.py": "reads a local legacy torch.save file (the converter's input)",
-    "model/split_cache.py": "the samplers' random-access cache lives on local disk by design (gs:// data is "
+    "model/evaluation/evaluate.py": "writes its report (JSON, CSV, PNG figures) into a local --output folder",
+    "model/evaluation/experiments.py": "keeps an experiment's runs, logs and result tables in a local --output folder",
+    "model/training/allocator.py": "finds the allocator library in the local virtual environment and reads /proc",
+    "model/serving/convert_reference.py": "converts a local copy of the authors' repository into a local folder",
+    "model/serving/torch_legacy.py": "reads a local legacy torch.save file (the converter's input)",
+    "model/training/split_cache.py": "the samplers' random-access cache lives on local disk by design (gs:// data is "
                             "cached in a local temporary folder)",
 }
 """Whole modules that work on local folders by design. Data and job paths everywhere else go

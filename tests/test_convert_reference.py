@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.convert_reference import ConversionError, main, net_from_state_dict, reference_variables
-from model.encoder import CONV_STRIDES, VGGChunkEncoder
-from model.network import EmoClusterNet
-from model.variants import VARIANTS
+from model.serving.convert_reference import ConversionError, main, net_from_state_dict, reference_variables
+from model.nets.encoder import CONV_STRIDES, VGGChunkEncoder
+from model.nets.emocluster_net import EmoClusterNet
+from model.nets.variants import VARIANTS
 
 
 def reference_state_dict(variant: str, clusters: int = 10, seed: int = 0) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""model.data: split datasets read back exactly what pipeline.records wrote."""
+"""model.training.datasets: split datasets read back exactly what pipeline.records wrote."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import data
+from model.training import datasets
 from pipeline import records
 from pipeline.metadata import LabelStats, Metadata, MetadataError, SplitInfo
 from pipeline.params import ATTRIBUTES, FeatureParams
@@ -60,21 +60,21 @@ def as_lists(dataset: tf.data.Dataset) -> list[dict]:
 
 def test_split_files_sorted_and_missing_split_is_named(split_dir):
     directory, shards = split_dir
-    files = data.split_files(directory, "train")
+    files = datasets.split_files(directory, "train")
     assert [os.path.basename(f) for f in files] == [
         f"train-{k:05d}-of-00003{records.FILE_SUFFIX}" for k in range(3)]
     with pytest.raises(FileNotFoundError, match="'dev'"):
-        data.split_files(directory, "dev")
+        datasets.split_files(directory, "dev")
 
 
 def test_unshuffled_dataset_round_trips_every_record_in_a_fixed_order(split_dir):
     directory, shards = split_dir
-    elements = as_lists(data.split_dataset(directory, "train", PARAMS))
+    elements = as_lists(datasets.split_dataset(directory, "train", PARAMS))
     order = [int(e["index"]) for e in elements]
     assert sorted(order) == sorted(i for shard in shards for i in shard)
     for shard in shards:  # each shard's records in the order written
         assert [i for i in order if i in shard] == shard
-    assert order == [int(e["index"]) for e in as_lists(data.split_dataset(directory, "train", PARAMS))]
+    assert order == [int(e["index"]) for e in as_lists(datasets.split_dataset(directory, "train", PARAMS))]
     for element in elements:
         index = int(element["index"])
         np.testing.assert_array_equal(element["features"], planted_features(PARAMS, index))
@@ -90,7 +90,7 @@ def test_unshuffled_dataset_round_trips_every_record_in_a_fixed_order(split_dir)
 
 def test_training_keys_drop_the_string_fields(split_dir):
     directory, _ = split_dir
-    dataset = data.split_dataset(directory, "train", PARAMS, keys=data.TRAINING_KEYS)
+    dataset = datasets.split_dataset(directory, "train", PARAMS, keys=datasets.TRAINING_KEYS)
     assert set(dataset.element_spec) == {"features", "labels", "has_labels", "index"}
     assert dataset.element_spec["features"].shape == PARAMS.feature_shape
 
@@ -100,7 +100,7 @@ def test_shuffled_dataset_is_a_seeded_permutation_and_repeats(split_dir):
     everything = sorted(i for shard in shards for i in shard)
 
     def order(seed: int, repeat: bool = False, take: int = -1) -> list[int]:
-        dataset = data.split_dataset(directory, "train", PARAMS, shuffle=True, seed=seed, repeat=repeat,
+        dataset = datasets.split_dataset(directory, "train", PARAMS, shuffle=True, seed=seed, repeat=repeat,
                                      keys=("index",)).take(take)
         return [int(e["index"]) for e in as_lists(dataset)]
 
@@ -108,7 +108,7 @@ def test_shuffled_dataset_is_a_seeded_permutation_and_repeats(split_dir):
     assert sorted(first) == everything
     assert first == order(seed=7)
     assert first != order(seed=8)
-    assert first != [int(e["index"]) for e in as_lists(data.split_dataset(directory, "train", PARAMS))]
+    assert first != [int(e["index"]) for e in as_lists(datasets.split_dataset(directory, "train", PARAMS))]
     n = len(everything)
     twice = order(seed=7, repeat=True, take=2 * n)
     assert sorted(twice[:n]) == sorted(twice[n:]) == everything  # each pass a whole permutation
@@ -117,20 +117,20 @@ def test_shuffled_dataset_is_a_seeded_permutation_and_repeats(split_dir):
 
 def test_parse_index_agrees_with_the_full_parse(split_dir):
     directory, _ = split_dir
-    serialized = data.serialized_records(data.split_files(directory, "train"))
+    serialized = datasets.serialized_records(datasets.split_files(directory, "train"))
     for record in serialized.take(5):
-        assert int(data.parse_index(record)) == int(records.parse(record, PARAMS)["index"])
+        assert int(datasets.parse_index(record)) == int(records.parse(record, PARAMS)["index"])
 
 
 def test_inference_batches_keep_the_last_partial_batch(split_dir):
     directory, shards = split_dir
     count = sum(len(shard) for shard in shards)
-    batches = as_lists(data.inference_batches(directory, "train", PARAMS, batch_size=8))
+    batches = as_lists(datasets.inference_batches(directory, "train", PARAMS, batch_size=8))
     assert [len(b["index"]) for b in batches] == [8] * (count // 8) + [count % 8]
     assert batches[0]["features"].shape == (8, *PARAMS.feature_shape)
     assert batches[0]["labels"].shape == (8, len(ATTRIBUTES))
     flat = [int(i) for b in batches for i in b["index"]]
-    assert flat == [int(e["index"]) for e in as_lists(data.split_dataset(directory, "train", PARAMS))]
+    assert flat == [int(e["index"]) for e in as_lists(datasets.split_dataset(directory, "train", PARAMS))]
 
 
 def test_split_source_reads_counts_from_metadata(split_dir):
@@ -141,8 +141,8 @@ def test_split_source_reads_counts_from_metadata(split_dir):
         label_stats=LabelStats({a: 4.0 for a in ATTRIBUTES}, {a: 1.0 for a in ATTRIBUTES}),
         splits={"train": SplitInfo(count=sum(map(len, shards)), index_size=40, rejected=5)},
         error_count=5)
-    source = data.SplitSource.from_metadata(directory, "train", metadata)
+    source = datasets.SplitSource.from_metadata(directory, "train", metadata)
     assert (source.count, source.index_size, source.params) == (35, 40, PARAMS)
-    assert source.files() == data.split_files(directory, "train")
+    assert source.files() == datasets.split_files(directory, "train")
     with pytest.raises(MetadataError, match="'test1'"):
-        data.SplitSource.from_metadata(directory, "test1", metadata)
+        datasets.SplitSource.from_metadata(directory, "test1", metadata)

@@ -16,8 +16,8 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.audio import decode_audio
-from pipeline.features import waveform_to_mel
+from pipeline.audio_decoding import decode_audio
+from pipeline.numpy_frontend import waveform_to_mel
 from pipeline.params import LABEL_RANGE, FeatureParams
 from tests.fixtures.corpora import LABELS_FILE, make_msp_subset
 from tools import make_demo_corpus as tool

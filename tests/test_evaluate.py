@@ -1,4 +1,4 @@
-"""model.evaluate and model.analysis: the paper's scores and analyses on a real trained job."""
+"""model.evaluate and model.evaluation.analyses: the paper's scores and analyses on a real trained job."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import analysis
-from model.evaluate import JobResult, build_parser, main as evaluate_main, run_analyses
+from model.evaluation import analyses
+from model.evaluation.evaluate import JobResult, build_parser, main as evaluate_main, run_analyses
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.jobs import train_job
@@ -22,23 +22,23 @@ from tests.fixtures.jobs import train_job
 @pytest.mark.parametrize("assignments, ratio", [
     ([0, 0, 0, 0], 0.0), ([0, 1, 0, 1], 1.0), ([0, 0, 1, 1], 1 / 3), ([3, 3, 3, 7, 7, 3], 0.4), ([5, 2], 1.0)])
 def test_transition_ratio_counts_changes_between_consecutive_chunks(assignments, ratio) -> None:
-    assert analysis.transition_ratios(np.array([assignments]))[0] == pytest.approx(ratio)
+    assert analyses.transition_ratios(np.array([assignments]))[0] == pytest.approx(ratio)
 
 
 def test_transition_ratios_are_per_sentence_and_their_distribution_is_exact() -> None:
     assignments = np.array([[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 1], [2, 2, 1, 1]])
-    ratios = analysis.transition_ratios(assignments)
+    ratios = analyses.transition_ratios(assignments)
     assert ratios.tolist() == pytest.approx([0.0, 1.0, 1 / 3, 1 / 3])
-    distribution = analysis.ratio_distribution(ratios, num_chunks=4)
+    distribution = analyses.ratio_distribution(ratios, num_chunks=4)
     assert distribution["bins"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
     assert distribution["counts"] == [1, 2, 0, 1]
     assert distribution["fractions"] == pytest.approx([0.25, 0.5, 0.0, 0.25])
     with pytest.raises(ValueError, match="chunks >= 2"):
-        analysis.transition_ratios(np.zeros((3, 1), int))
+        analyses.transition_ratios(np.zeros((3, 1), int))
 
 
 def test_emotion_levels_follow_the_papers_three_bins() -> None:
-    levels = analysis.emotion_levels(np.array([1.0, 2.99, 3.0, 4.5, 4.99, 5.0, 7.0]))
+    levels = analyses.emotion_levels(np.array([1.0, 2.99, 3.0, 4.5, 4.99, 5.0, 7.0]))
     assert levels.tolist() == [0, 0, 1, 1, 1, 2, 2]
 
 
@@ -47,33 +47,33 @@ def test_cluster_chunks_finds_planted_clusters_and_keeps_sentence_shape() -> Non
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     planted = rng.integers(0, 3, size=(20, 5))
     features = centres[planted] + rng.normal(0, 0.1, (20, 5, 2))
-    found = analysis.cluster_chunks(features, 3, seed=1)
+    found = analyses.cluster_chunks(features, 3, seed=1)
     assert found.shape == (20, 5)
     mapping = {p: set(found[planted == p].tolist()) for p in range(3)}
     assert all(len(ids) == 1 for ids in mapping.values()) and len(set.union(*mapping.values())) == 3
     with pytest.raises(ValueError, match="cannot form 200 clusters"):
-        analysis.cluster_chunks(features, 200)
+        analyses.cluster_chunks(features, 200)
 
 
 def test_linear_probe_separates_separable_levels_and_skips_a_single_level() -> None:
     rng = np.random.default_rng(0)
     levels = rng.integers(0, 3, 90)
     points = np.eye(3)[levels] * 4 + rng.normal(0, 0.3, (90, 3))
-    result = analysis.linear_probe(points[:60], levels[:60], points[60:], levels[60:])
+    result = analyses.linear_probe(points[:60], levels[:60], points[60:], levels[60:])
     assert result["macro_f1"] == pytest.approx(1.0) and result["accuracy"] == pytest.approx(1.0)
     assert sum(result["test_counts"].values()) == 30
-    noise = analysis.linear_probe(rng.normal(size=(60, 3)), levels[:60], rng.normal(size=(30, 3)), levels[60:])
+    noise = analyses.linear_probe(rng.normal(size=(60, 3)), levels[:60], rng.normal(size=(30, 3)), levels[60:])
     assert noise["macro_f1"] < 0.8
-    single = analysis.linear_probe(points[:60], np.zeros(60, int), points[60:], levels[60:])
+    single = analyses.linear_probe(points[:60], np.zeros(60, int), points[60:], levels[60:])
     assert single["macro_f1"] is None and "single emotion level" in single["skipped"]
 
 
 def test_tsne_map_gives_two_coordinates_per_point_even_for_few_points() -> None:
     points = np.random.default_rng(0).normal(size=(12, 8))
-    xy = analysis.tsne_map(points, seed=0)
+    xy = analyses.tsne_map(points, seed=0)
     assert xy.shape == (12, 2) and np.isfinite(xy).all()
-    assert analysis.subsample(10, 20).tolist() == list(range(10))
-    picked = analysis.subsample(100, 7, seed=3)
+    assert analyses.subsample(10, 20).tolist() == list(range(10))
+    picked = analyses.subsample(100, 7, seed=3)
     assert len(set(picked.tolist())) == 7 and np.array_equal(picked, np.sort(picked))
 
 

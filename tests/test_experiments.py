@@ -1,4 +1,4 @@
-"""model.experiments and model.tables: the run plan, the paper's tables and markers, resuming."""
+"""model.experiments and model.evaluation.tables: the run plan, the paper's tables and markers, resuming."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import tables
-from model.experiments import (Outcome, build_parser, main as experiments_main, plan, report, result_rows,
+from model.evaluation import tables
+from model.evaluation.experiments import (Outcome, build_parser, main as experiments_main, plan, report, result_rows,
                                write_outputs)
 from pipeline.params import ATTRIBUTES
 

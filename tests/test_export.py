@@ -15,17 +15,18 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
-from model.data import inference_batches
-from model.export import (FEATURE_TOLERANCE, PREDICTION_TOLERANCE, EmotionServing, ExportError,
+from model.training.datasets import inference_batches
+from model.serving.export import (FEATURE_TOLERANCE, PREDICTION_TOLERANCE, EmotionServing, ExportError,
                           export_saved_model, verify_saved_model, write_saved_model)
-from model.jobs import load_job
-from model.training import build_net
-from pipeline.audio import decode_audio
+from model.training.job_folder import load_job
+from model.nets.builder import build_net
+from pipeline.audio_decoding import decode_audio
 from pipeline.corpus import Utterance
-from pipeline.features import mel_to_chunks, waveform_to_mel
 from pipeline.metadata import Metadata
+from pipeline.numpy_frontend import mel_to_chunks, waveform_to_mel
 from pipeline.params import ATTRIBUTES, FeatureParams
-from pipeline.probes import Probe, WriteProbes, load_probes
+from pipeline.probe_file import Probe, load_probes
+from pipeline.probes import WriteProbes
 from pipeline.stats import Moments
 from tests.fixtures.edge_audio import speech_like, write_audio
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from model import allocator
+from model.training import allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = """

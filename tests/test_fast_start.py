@@ -51,3 +51,47 @@ def test_the_pipelines_help_is_the_one_beams_parser_prints() -> None:
     with contextlib.redirect_stdout(io.StringIO()) as beams, pytest.raises(SystemExit):
         PreprocessOptions(["--help"])
     assert help_parser().format_help() == beams.getvalue()
+
+
+
+SERVING_MODULES = ("model.serving.export", "model.serving.predictor", "model.serving.predict",
+                   "model.serving.release_serving", "model.serving.convert_reference",
+                   "model.serving.graph_frontend")
+SERVING_PROBE = """
+import ast, importlib, importlib.util, json, sys
+todo, seen = list(sys.argv[1:]), set()
+while todo:
+    name = todo.pop()
+    if name in seen or name.split(".")[0] not in ("model", "pipeline"):
+        continue
+    try:
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or spec.origin is None:
+        continue
+    seen.add(name)
+    for node in ast.walk(ast.parse(open(spec.origin).read())):
+        if isinstance(node, ast.Import):
+            todo.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            todo.extend([node.module, *(node.module + "." + alias.name for alias in node.names)])
+for name in sorted(seen):
+    importlib.import_module(name)
+print(json.dumps([sorted(seen), "apache_beam" in sys.modules]))
+"""
+
+
+def test_the_serving_path_imports_no_beam() -> None:
+    """Exporting, serving and converting models needs TensorFlow, never Apache Beam.
+
+    Every project module the serving modules import, at the top, under ``TYPE_CHECKING`` or
+    inside a function (where the heavy imports wait), and so on down, is imported in a
+    fresh process: none may pull in Beam.
+    """
+    result = subprocess.run([sys.executable, "-c", SERVING_PROBE, *SERVING_MODULES], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported, beam = json.loads(result.stdout.splitlines()[-1])
+    assert set(SERVING_MODULES) <= set(imported)
+    assert not beam, f"importing {imported} imported apache_beam"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.frontend import WaveformFrontend
-from pipeline.audio import decode_audio
-from pipeline.features import mel_to_chunks, waveform_to_mel
+from model.serving.graph_frontend import WaveformFrontend
+from pipeline.audio_decoding import decode_audio
+from pipeline.numpy_frontend import mel_to_chunks, waveform_to_mel
 from pipeline.params import FeatureParams
 
 SR = 16000

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from pipeline.__main__ import main
-from pipeline.audio import DEFAULT_MAX_SECONDS, AudioError, decode_audio
+from pipeline.audio_decoding import DEFAULT_MAX_SECONDS, AudioError, decode_audio
 from pipeline.metadata import Metadata
 from tests.fixtures import hostile_audio as hostile
 from tests.fixtures.edge_audio import speech_like, write_audio, write_manifest
@@ -106,7 +106,7 @@ def test_the_pipeline_dead_letters_every_hostile_file_and_finishes(tmp_path: Pat
 
 
 def test_model_predict_gets_the_same_reasons(tmp_path: Path) -> None:
-    from model.predict import decode_file
+    from model.serving.predict import decode_file
 
     path = tmp_path / "bomb.flac"
     path.write_bytes(hostile.flac_claiming(2 ** 36 - 1))

@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 import trainer
-from model.train_config import TrainConfig
-from model.training import JobPaths, Trainer
+from model.training.config import TrainConfig
+from model.training.algorithm import Trainer
+from model.training.job_folder import JobPaths
 from pipeline.metadata import Metadata
 
 RELEASE = Path(__file__).resolve().parent.parent / "pretrained" / "msp-podcast-v1.8-temp-cnn"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from model.data import split_files
+from model.training.datasets import split_files
 from pipeline.corpus import CorpusError, read_corpus, read_csv_manifest, read_msp_podcast
 from pipeline.options import PreprocessOptions
 from tests.fixtures.edge_audio import msp_rows, write_manifest, write_msp_layout
@@ -80,7 +80,7 @@ def test_a_split_missing_one_of_its_shards_is_an_error(tmp_path: Path) -> None:
 
 def test_evaluating_on_data_the_job_was_not_trained_on_is_refused(tmp_path: Path, trained_job: Path,
                                                                   tiny_features: Path, capsys) -> None:
-    from model.evaluate import main
+    from model.evaluation.evaluate import main
 
     other = tmp_path / "other"
     shutil.copytree(tiny_features, other)

@@ -12,8 +12,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from model import analysis, plots
-from model.evaluate import main as evaluate_main
+from model.evaluation import analyses
+from model.evaluation import plots
+from model.evaluation.evaluate import main as evaluate_main
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 
@@ -72,11 +73,11 @@ def test_evaluate_draws_a_level_confusion_matrix_next_to_each_scatter(tmp_path: 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["figures"]["confusion"] == {a: f"confusion_{a}.png" for a in ATTRIBUTES}
     confusion = metrics["level_confusion"]
-    assert confusion["levels"] == list(analysis.LEVELS)
+    assert confusion["levels"] == list(analyses.LEVELS)
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     for attribute in ATTRIBUTES:
-        truth = analysis.emotion_levels(np.array([float(r[f"true_{attribute}"]) for r in rows]))
-        predicted = analysis.emotion_levels(np.array([float(r[f"pred_{attribute}"]) for r in rows]))
+        truth = analyses.emotion_levels(np.array([float(r[f"true_{attribute}"]) for r in rows]))
+        predicted = analyses.emotion_levels(np.array([float(r[f"pred_{attribute}"]) for r in rows]))
         expected = [[int(np.sum((truth == t) & (predicted == p))) for p in range(3)] for t in range(3)]
         assert confusion["counts"][attribute] == expected, attribute
         assert_readable_png(out / f"confusion_{attribute}.png", (552, 624))

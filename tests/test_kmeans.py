@@ -10,7 +10,7 @@ import tensorflow as tf
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from model.kmeans import kmeans, kmeans_plusplus, lloyd, random_points
+from model.training.kmeans import kmeans, kmeans_plusplus, lloyd, random_points
 
 
 def _blobs(std: float, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.losses import (
+from model.nets.losses import (
     ccc,
     ccc_loss,
     cluster_cross_entropy,

@@ -1,4 +1,4 @@
-"""model.metrics against scipy/numpy references: CCC, Pearson r, RMSE, sub-sets, t-tests."""
+"""model.evaluation.metrics against scipy/numpy references: CCC, Pearson r, RMSE, sub-sets, t-tests."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from model.metrics import (SampleMismatch, attribute_scores, concordance, p_value, paired_t_test, pearson, rmse,
+from model.evaluation.metrics import (SampleMismatch, attribute_scores, concordance, p_value, paired_t_test, pearson, rmse,
                            sample_std, significantly_better, split_scores, subset_ccc, subset_ids, t_test,
                            trial_means, trials_t_test)
-from model.predictions import SplitPredictions
+from model.evaluation.split_predictions import SplitPredictions
 from pipeline.params import ATTRIBUTES
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.corpus import MISSING_LABELS, Utterance, mark_missing_labels
-from pipeline.extract import MISSING_LABELS as MISSING_LABELS_REASON, Rejected, check_labels
 from pipeline.metadata import Metadata
 from pipeline.summary import read_errors
+from pipeline.utterance_mel import MISSING_LABELS as MISSING_LABELS_REASON, Rejected, check_labels
 from tests.fixtures.corpora import LABELS_FILE, make_msp_subset
 from tests.fixtures.jobs import SMALL_GEOMETRY
 

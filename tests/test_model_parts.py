@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.encoder import FusedBatchNorm, VGGChunkEncoder
-from model.heads import ClusterHead
-from model.losses import cluster_cross_entropy
-from model.network import EmoClusterNet
-from model.temporal import TEMPORAL_KINDS, build_temporal_net, sinusoidal_encoding
+from model.nets.encoder import FusedBatchNorm, VGGChunkEncoder
+from model.nets.heads import ClusterHead
+from model.nets.losses import cluster_cross_entropy
+from model.nets.emocluster_net import EmoClusterNet
+from model.nets.temporal import TEMPORAL_KINDS, build_temporal_net, sinusoidal_encoding
 from pipeline.params import FeatureParams
 
 C, M, N_MELS, BATCH = 4, 16, 32, 3

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.deep_cluster import SUPERVISED, UNSUPERVISED, DeepEmoCluster
-from model.network import EmoClusterNet
-from model.optimizers import TorchAdam, reset_state
-from model.train_config import TrainConfig
+from model.training.stages import STAGE_I, STAGE_II
+from model.training.train_step import DeepEmoCluster
+from model.nets.emocluster_net import EmoClusterNet
+from model.training.optimizers import TorchAdam, reset_state
+from model.training.config import TrainConfig
 
 C, M, F, Q = 4, 16, 16, 4
 PATTERNS = np.random.default_rng(99).standard_normal((Q, M, F)) * 1.5
@@ -76,7 +77,7 @@ def test_a_reference_step_is_the_sum_of_an_sgd_and_an_adam_step() -> None:
 
 def test_the_unlabelled_stage_steps_only_the_sgd_and_freezes_the_emotion_head() -> None:
     model = make_model()
-    model.set_stage(UNSUPERVISED)
+    model.set_stage(STAGE_I)
     batch = planted_batch(8, 1)
     kernel = first_encoder_kernel(model)
     before = kernel.numpy().astype(np.float64)
@@ -150,7 +151,7 @@ def test_after_a_reset_the_cluster_classifier_learns_planted_clusters() -> None:
 
     model.reset_cluster_classifier()
     start = kernel.numpy().copy()
-    model.set_stage(UNSUPERVISED)
+    model.set_stage(STAGE_I)
     model.fit(stage.take(5), epochs=1, verbose=0)
     assert np.abs(kernel.numpy() - start).max() > 1e-4, "the classifier kernel must move during a stage"
     for value, variable in zip(emotion, model.net.emotion_head.trainable_variables):
@@ -158,7 +159,7 @@ def test_after_a_reset_the_cluster_classifier_learns_planted_clusters() -> None:
 
     model.reset_cluster_classifier()
     start = kernel.numpy().copy()
-    model.set_stage(SUPERVISED)
+    model.set_stage(STAGE_II)
     model.fit(stage, epochs=1, verbose=0)
     assert np.abs(kernel.numpy() - start).max() > 1e-3
     held_out = tf.data.Dataset.from_tensor_slices(planted_batch(64, 6)).batch(16)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model.data import split_files
+from model.training.datasets import split_files
 from model.tf_paths import load_saved_model
-from model.training import network_checkpoint, restore_checkpoint
+from model.training.checkpoints import network_checkpoint, restore_checkpoint
 from tests.test_checkpoint_faults import _TinyNet
 
 

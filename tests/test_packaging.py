@@ -89,7 +89,7 @@ def test_the_wheel_holds_the_metadata_the_scripts_and_ranges_not_pins(wheel: Pat
     assert "authors" in metadata["Author"] and metadata["Summary"]
     assert "# Temporal-enhanced DeepEmoCluster" in metadata.get_payload()  # the README as the long description
     assert dict(entry_points["console_scripts"]) == SCRIPTS
-    assert {"trainer.py", "pipeline/__main__.py", "model/predict.py", "model/progress.py"} <= set(names)
+    assert {"trainer.py", "pipeline/__main__.py", "model/serving/predict.py", "model/progress.py"} <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     requirements = [Requirement(r) for r in metadata.get_all("Requires-Dist")]

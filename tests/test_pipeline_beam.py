@@ -14,15 +14,15 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import records, spill
 from pipeline.corpus import Utterance, list_unlabeled, read_corpus
-from pipeline.extract import Rejected, utterance_mel
-from pipeline.features import mel_to_chunks
 from pipeline.metadata import Metadata
+from pipeline.numpy_frontend import mel_to_chunks
 from pipeline.options import PreprocessOptions
 from pipeline.params import FeatureParams
 from pipeline.run import build_pipeline
 from pipeline.sinks import GZIP_LEVELS, WriteGzipTFRecords
 from pipeline.summary import read_errors, reason_kind
 from pipeline.transforms import DecodeUtterances, FeatureStats, is_train
+from pipeline.utterance_mel import Rejected, utterance_mel
 from tests.fixtures.edge_audio import build_edge_corpus
 
 SMALL_FLAGS = ["--max-seconds", "2", "--chunk-seconds", "0.5"]

@@ -10,9 +10,9 @@ import pytest
 import scipy.signal
 import soundfile
 
-from pipeline.audio import AudioError, decode_audio, mel_filterbank, mel_spectrogram, peak_normalise
-from pipeline.chunking import chunk_frames, chunk_starts
+from pipeline.audio_decoding import AudioError, decode_audio
 from pipeline.corpus import Utterance, split_name
+from pipeline.numpy_frontend import chunk_frames, chunk_starts, mel_filterbank, mel_spectrogram, peak_normalise
 from pipeline.params import FeatureParams
 from pipeline.stats import MeanStdFn
 from tests.fixtures.edge_audio import speech_like

@@ -9,9 +9,9 @@ import tensorflow as tf
 
 import trainer
 
-from model.deep_cluster import DeepEmoCluster
-from model.network import EmoClusterNet
-from model.train_config import TrainConfig
+from model.training.train_step import DeepEmoCluster
+from model.nets.emocluster_net import EmoClusterNet
+from model.training.config import TrainConfig
 
 C, M, N_MELS, BATCH = 4, 16, 32, 4
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.export import EmotionServing
-from model.jobs import load_job
-from model.predict import COLUMNS, EXIT_MODEL, EXIT_OK, EXIT_USAGE, HANDFUL, Progress, main
-from model.training import build_net
-from pipeline.audio import decode_audio
+from model.serving.export import EmotionServing
+from model.training.job_folder import load_job
+from model.serving.predict import COLUMNS, EXIT_MODEL, EXIT_OK, EXIT_USAGE, HANDFUL, Progress, main
+from model.nets.builder import build_net
+from pipeline.audio_decoding import decode_audio
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.edge_audio import write_edge_files
 from tests.test_export import export_amplified

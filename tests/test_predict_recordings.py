@@ -1,4 +1,4 @@
-"""``model.predict`` and ``model.predictor`` on real recordings (issue 19) and their footguns (issue 17).
+"""``model.predict`` and ``model.serving.predictor`` on real recordings (issue 19) and their footguns (issue 17).
 
 Long files scored window by window, ``--format jsonl``, ``--list`` with its columns kept,
 ``--chunks``, ``--plot``, the Python API, a start that imports no Beam/Keras/scikit-learn/
@@ -22,14 +22,14 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-import model.predictor as predictor_module
-from model.export import EmotionServing, write_saved_model
-from model.predict import (CHUNK_COLUMNS, COLUMNS, EXIT_MODEL, EXIT_NONE_READ, EXIT_OK, EXIT_USAGE, Progress,
+import model.serving.predictor as predictor_module
+from model.serving.export import EmotionServing, write_saved_model
+from model.serving.predict import (CHUNK_COLUMNS, COLUMNS, EXIT_MODEL, EXIT_NONE_READ, EXIT_OK, EXIT_USAGE, Progress,
                            main)
-from model.predictor import AudioError, Predictor, chunk_spans, window_spans
-from model.train_config import TrainConfig
-from model.training import build_net
-from pipeline.audio import decode_audio
+from model.serving.predictor import AudioError, Predictor, chunk_spans, window_spans
+from model.training.config import TrainConfig
+from model.nets.builder import build_net
+from pipeline.audio_decoding import decode_audio
 from pipeline.metadata import Metadata
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.hostile_audio import flac_claiming
@@ -314,10 +314,10 @@ def test_the_python_api_scores_files_and_waveforms(model: Path, audio: dict[str,
 
 LIGHT_START = """
 import sys
-import model.predict, model.predictor
+import model.serving.predict, model.serving.predictor
 heavy = ("apache_beam", "sklearn", "matplotlib", "keras", "librosa", "scipy.signal", "tensorflow")
 assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
-result = model.predictor.Predictor(sys.argv[1]).predict(sys.argv[2])
+result = model.serving.predictor.Predictor(sys.argv[1]).predict(sys.argv[2])
 # A plain "import tensorflow" imports Keras when installed, and Keras scikit-learn and matplotlib:
 # loading and running the model must need none of them.
 loaded = [m for m in heavy[:-1] if m in sys.modules]

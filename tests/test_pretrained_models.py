@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.convert_reference import ATTRIBUTE_CODES, RELEASES, golden_features_group
-from model.export import read_contract
-from pipeline.audio import decode_audio
+from model.serving.convert_reference import ATTRIBUTE_CODES, RELEASES, golden_features_group
+from model.serving.export import read_contract
+from pipeline.audio_decoding import decode_audio
 from pipeline.params import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def test_a_shipped_release_scores_audio_in_a_fresh_process_with_tensorflow_alone
 
 
 def test_model_predict_scores_a_folder_with_a_shipped_release(tmp_path: Path, golden) -> None:
-    from model.predict import main as predict_main
+    from model.serving.predict import main as predict_main
 
     release = ROOT / "pretrained" / "msp-podcast-v1.6-vanilla"
     output = tmp_path / "predictions.csv"

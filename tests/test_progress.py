@@ -1,4 +1,4 @@
-"""Progress of long work (model.progress) where it is used, and the job log (model.joblog):
+"""Progress of long work (model.progress) where it is used, and the job log (model.training.job_log):
 counts and a time left on a terminal, short logged lines elsewhere, every line in train.log."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 
 from model import progress as progress_module
-from model.joblog import JobLog
+from model.training.job_log import JobLog
 from model.progress import Progress, Reporter, Tally, duration
-from model.reclustering import Reclusterer
+from model.training.reassignment import Reclusterer
 from tests.fixtures.streams import Terminal
 
 

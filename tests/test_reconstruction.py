@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.data import inference_batches
-from model.decoder import VGGChunkDecoder, level_shapes
-from model.deep_cluster import DeepEmoCluster
-from model.jobs import TrainedJob, load_job
-from model.network import EmoClusterNet
-from model.reconstruction import AE, LADDER, VAE, ReconstructionNet
-from model.train_config import TrainConfig
-from model.training import JobPaths, Trainer
+from model.training.datasets import inference_batches
+from model.nets.decoder import VGGChunkDecoder, level_shapes
+from model.training.train_step import DeepEmoCluster
+from model.training.job_folder import TrainedJob, load_job
+from model.nets.emocluster_net import EmoClusterNet
+from model.nets.reconstruction import AE, LADDER, VAE, ReconstructionNet
+from model.training.config import TrainConfig
+from model.training.algorithm import Trainer
+from model.training.job_folder import JobPaths
 from pipeline.metadata import Metadata
 from tests.fixtures.jobs import train_job
 

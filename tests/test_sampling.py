@@ -1,4 +1,4 @@
-"""model.sampling: the samplers draw what paper Sec. 3.2-3.3 say, from real records."""
+"""model.training.samplers: the samplers draw what paper Sec. 3.2-3.3 say, from real records."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.data import SplitSource
-from model.sampling import UNASSIGNED, ChunkSampler, ClusterAssignments, PlainSampler, SentenceSampler
-from model.split_cache import SplitCache
-from model.training import _sample_indices
+from model.training.datasets import SplitSource
+from model.training.samplers import UNASSIGNED, ChunkSampler, ClusterAssignments, PlainSampler, SentenceSampler
+from model.training.split_cache import SplitCache
+from model.training.algorithm import _sample_indices
 from tests.test_data import PARAMS, write_split
 
 C = PARAMS.num_chunks

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import torch_legacy
+from model.serving import torch_legacy
 
 
 class _Storage:

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import trainer
-from model.variants import VARIANTS
+from model.nets.variants import VARIANTS
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.jobs import train_job
 

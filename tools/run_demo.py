@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from model.allocator import fast_allocator_env  # noqa: E402
+from model.training.allocator import fast_allocator_env  # noqa: E402
+from model.training.job_folder import METRICS_FILE  # noqa: E402
 DEMO_TRAINING = ["--attributes", "all", "--batch-size", "32", "--encoder-lr", "0.01", "--output-lr", "0.005"]
 MODELS = (("temp-triplet", "ssl"), ("vanilla", "ssl"))
 """The paper's controlled comparison: Temp-Triplet and vanilla have the same network at inference,
@@ -48,7 +49,7 @@ def python(*args: str) -> list[str]:
 
 def results_table(output: Path) -> str:
     """Dev and test CCC per trained attribute of every model (1..7 scale), from its metrics.json."""
-    jobs = [(model, setting, json.loads((output / "jobs" / f"{model}-{setting}" / "metrics.json").read_text()))
+    jobs = [(model, setting, json.loads((output / "jobs" / f"{model}-{setting}" / METRICS_FILE).read_text()))
             for model, setting in MODELS]
     attributes = jobs[0][2]["attributes"]
     lines = ["| model | setting | best epoch | split | " + " | ".join(attributes) + " | mean |",
@@ -75,7 +76,7 @@ def score_with_release(data_root: Path, output: Path,
     rate, pitch and effort: a real model's arousal should track them."""
     import numpy as np
 
-    from model.metrics import concordance
+    from model.evaluation.metrics import concordance
 
     predictions = output / "pretrained_predictions.csv"
     run_step(f"Extra: score the demo clips with the authors' released {Path(release).name}", python(

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's protocol, analyses, results tables and plots."""

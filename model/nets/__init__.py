@@ -1,0 +1,1 @@
+"""The networks and their losses: encoder, temporal nets, heads, decoders, the variant table."""

@@ -1,0 +1,165 @@
+"""VGG chunk encoder Phi of paper Table 1, applied to every chunk of a sentence at once.
+
+The C chunks of a sentence are folded into the batch axis, so one convolution stack
+runs over B*C single-channel images with no per-chunk loop; the result is unfolded back
+to [B, C, units]. Initialisation follows the reference (REFERENCE.md, "Model"); the
+initialiser factories here are shared by every part of the model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from model.nets.encoder_geometry import CONV_CHANNELS, CONV_STRIDES
+
+BN_MOMENTUM = 0.9
+"""Keras momentum equal to PyTorch's default ``momentum=0.1``."""
+BN_EPSILON = 1e-5
+"""PyTorch's default BatchNorm/LayerNorm epsilon."""
+
+
+def conv_initializer(kernel_size: int, filters: int) -> keras.initializers.Initializer:
+    """N(0, sqrt(2 / (k*k*filters))): the reference's He-style conv init (fan-out)."""
+    return keras.initializers.RandomNormal(stddev=math.sqrt(2.0 / (kernel_size * kernel_size * filters)))
+
+
+def dense_initializer(seed: int | keras.random.SeedGenerator | None = None) -> keras.initializers.Initializer:
+    """N(0, 0.01): the reference's init of every fully connected layer.
+
+    An int or None seed gives the same draw on every call (Keras 3); a SeedGenerator
+    gives a new draw per call, as re-initialising a layer needs.
+    """
+    return keras.initializers.RandomNormal(stddev=0.01, seed=seed)
+
+
+@keras.saving.register_keras_serializable(package="deepemocluster")
+class FusedBatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization of 4-D channels-last maps with TensorFlow's fused kernel.
+
+    Keras 3 normalises with separate moment, scale and shift ops, several passes over
+    activations that reach [B*C, m, n_mels, 32] in the encoder; the fused kernel (oneDNN on
+    CPU, cuDNN on GPU) does it in one pass forward and one backward, a large share of a
+    CPU training step. Its running variance is the unbiased batch variance, as PyTorch's.
+    """
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        if len(input_shape) != 4 or self.axis not in (-1, 3):
+            raise ValueError(f"FusedBatchNorm normalises the last axis of 4-D inputs, got {input_shape}")
+        super().build(input_shape)
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        is_training = bool(training) and self.trainable
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=is_training,
+            exponential_avg_factor=1.0 - self.momentum if is_training else 1.0,
+        )
+        if is_training:
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(variance)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="deepemocluster")
+class SymmetricConv2D(keras.layers.Conv2D):
+    """Conv2D with PyTorch's ``padding=k // 2``: that many zeros on both sides of H and W.
+
+    Keras' "same" pads (0, 1) for a stride-2 3x3 conv on an even size, which shifts the
+    sampling grid by one pixel against the reference; the output size and the parameters
+    are the same either way.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, **kwargs: Any) -> None:
+        kwargs.pop("padding", None)
+        super().__init__(filters, kernel_size, padding="valid", **kwargs)
+
+    def call(self, inputs: Any) -> Any:
+        """Explicit paddings: the kernel pads as it reads, so no padded copy of every input map
+        is made and kept for the backward pass (0.78x the peak memory of a step, docs/performance.md)."""
+        pad_h, pad_w = (k // 2 for k in self.kernel_size)
+        outputs = tf.nn.conv2d(inputs, ops.cast(self.kernel, inputs.dtype), strides=[1, *self.strides, 1],
+                               padding=[[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        return tf.nn.bias_add(outputs, ops.cast(self.bias, inputs.dtype))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        batch, height, width, _ = input_shape
+        pad_h, pad_w = (k // 2 for k in self.kernel_size)
+        padded = (batch, None if height is None else height + 2 * pad_h,
+                  None if width is None else width + 2 * pad_w, input_shape[3])
+        return super().compute_output_shape(padded)
+
+
+def conv_bn(filters: int, kernel_size: int, strides: int = 1, name: str = "conv",
+            dtype: Any = None) -> tuple[SymmetricConv2D, FusedBatchNorm]:
+    """A conv padded as PyTorch's ``padding=k // 2`` (with bias, as the reference) and its
+    PyTorch-equivalent BatchNorm.
+
+    ``dtype`` is a Keras dtype policy for both; None takes the global one (float32).
+    """
+    conv = SymmetricConv2D(
+        filters, kernel_size, strides=strides,
+        kernel_initializer=conv_initializer(kernel_size, filters), bias_initializer="zeros",
+        name=name, dtype=dtype,
+    )
+    norm = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn", dtype=dtype)
+    return conv, norm
+
+
+@keras.saving.register_keras_serializable(package="deepemocluster")
+class VGGChunkEncoder(keras.layers.Layer):
+    """[B, C, m, n_mels] chunked features -> [B, C, units] chunk embeddings h (Eq. 4).
+
+    Seven Conv3x3 + BatchNorm + ReLU blocks (channels 32,32,64,64,128,128,128, strides
+    1,1,2,2,2,2,2), each padded by one zero on every side as the reference's ``padding=1``
+    (``SymmetricConv2D``), flatten, Dense(units) + ReLU, Dropout. The flatten size
+    follows from m and n_mels (62 x 128 -> 2 x 4 x 128 = 1024); it is the NHWC
+    (channels-last) flatten, so the reference's NCHW Dense kernel is permuted on
+    conversion (``model.convert_reference``).
+
+    The layer's dtype policy applies to the conv blocks only: ``dtype="mixed_bfloat16"``
+    runs convolutions, BatchNorm and ReLU in bfloat16 (float32 variables, batch statistics
+    and running averages), which halves the CPU time of a training step on CPUs with
+    AVX-512 BF16 (docs/performance.md); the Dense and everything after stay float32.
+    """
+
+    def __init__(self, units: int = 256, dropout: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = units
+        self.dropout_rate = dropout
+        self.blocks = [conv_bn(channels, 3, stride, name=f"conv{i + 1}", dtype=self.dtype_policy)
+                       for i, (channels, stride) in enumerate(zip(CONV_CHANNELS, CONV_STRIDES))]
+        self.dense = keras.layers.Dense(
+            units, activation="relu", kernel_initializer=dense_initializer(), bias_initializer="zeros",
+            name="dense", dtype="float32",
+        )
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        _, _, frames, n_mels = input_shape
+        height, width = frames, n_mels
+        channels = 1
+        for (conv, norm), stride in zip(self.blocks, CONV_STRIDES):
+            conv.build((None, height, width, channels))
+            height, width, channels = -(-height // stride), -(-width // stride), conv.filters
+            norm.build((None, height, width, channels))
+        self._flat_size = height * width * channels
+        self.dense.build((None, self._flat_size))
+
+    def call(self, features: Any, training: bool = False) -> Any:
+        _, chunks, frames, n_mels = ops.shape(features)
+        x = ops.reshape(features, (-1, frames, n_mels, 1))
+        for conv, norm in self.blocks:
+            x = ops.relu(norm(conv(x), training=training))
+        x = self.dropout(self.dense(ops.reshape(x, (-1, self._flat_size))), training=training)
+        return ops.reshape(x, (-1, chunks, self.units))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], input_shape[1], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units, "dropout": self.dropout_rate}
