@@ -678,7 +678,7 @@ def test_the_local_file_scan_finds_every_kind_of_local_access() -> None:
 
 
 def test_pipeline_and_model_code_reach_files_only_through_gfile_or_beam_filesystems() -> None:
-    files = [ROOT / SCANNED[-1]] + [p for folder in SCANNED[:-1] for p in sorted((ROOT / folder).glob("*.py"))]
+    files = [ROOT / SCANNED[-1]] + [p for folder in SCANNED[:-1] for p in sorted((ROOT / folder).rglob("*.py"))]
     found: dict[tuple[str, str], list[int]] = {}
     for path in files:
         for name, line in local_file_calls(path.read_text()):

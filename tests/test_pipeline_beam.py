@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import records, spill
-from pipeline.corpus import Utterance, list_unlabeled, read_corpus
+from pipeline.corpus import Utterance, read_corpus
 from pipeline.metadata import Metadata
 from pipeline.numpy_frontend import mel_to_chunks
 from pipeline.options import PreprocessOptions
