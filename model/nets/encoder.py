@@ -71,7 +71,10 @@ class SymmetricConv2D(keras.layers.Conv2D):
 
     Keras' "same" pads (0, 1) for a stride-2 3x3 conv on an even size, which shifts the
     sampling grid by one pixel against the reference; the output size and the parameters
-    are the same either way.
+    are the same either way. The padding is handed to the kernel, which pads as it reads
+    (no padded copy of every map kept for the backward pass), in the form oneDNN runs
+    fastest: "SAME" where it equals the reference's (every stride-1 conv: 2x faster than
+    explicit paddings), else only the zeros a window reads (docs/performance.md).
     """
 
     def __init__(self, filters: int, kernel_size: int, **kwargs: Any) -> None:
@@ -79,11 +82,19 @@ class SymmetricConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, padding="valid", **kwargs)
 
     def call(self, inputs: Any) -> Any:
-        """Explicit paddings: the kernel pads as it reads, so no padded copy of every input map
-        is made and kept for the backward pass (0.78x the peak memory of a step, docs/performance.md)."""
-        pad_h, pad_w = (k // 2 for k in self.kernel_size)
-        outputs = tf.nn.conv2d(inputs, ops.cast(self.kernel, inputs.dtype), strides=[1, *self.strides, 1],
-                               padding=[[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        (top, bottom), (left, right) = (
+            _used_padding(size, k, s) for size, k, s in zip(inputs.shape[1:3], self.kernel_size, self.strides))
+        if all(_same_padding(size, k, s) == pads for size, k, s, pads in zip(
+                inputs.shape[1:3], self.kernel_size, self.strides, ((top, bottom), (left, right)))):
+            padding: Any = "SAME"
+        elif inputs.dtype == tf.bfloat16:
+            # oneDNN has no bfloat16 kernel for explicit paddings: TensorFlow's fallback is 30x slower.
+            inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
+            padding = "VALID"
+        else:
+            padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
+        outputs = tf.nn.conv2d(inputs, kernel, strides=[1, *self.strides, 1], padding=padding)
         return tf.nn.bias_add(outputs, ops.cast(self.bias, inputs.dtype))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
@@ -92,6 +103,24 @@ class SymmetricConv2D(keras.layers.Conv2D):
         padded = (batch, None if height is None else height + 2 * pad_h,
                   None if width is None else width + 2 * pad_w, input_shape[3])
         return super().compute_output_shape(padded)
+
+
+def _used_padding(size: int | None, kernel: int, stride: int) -> tuple[int, int]:
+    """The zeros PyTorch's ``padding=k // 2`` adds before and after one axis that a window
+    reads: a trailing pad that no window reaches is dropped (stride 2 over an even size)."""
+    pad = kernel // 2
+    if size is None:
+        return pad, pad
+    outputs = (size + 2 * pad - kernel) // stride + 1
+    return pad, (outputs - 1) * stride + kernel - size - pad
+
+
+def _same_padding(size: int | None, kernel: int, stride: int) -> tuple[int, int] | None:
+    """The zeros TensorFlow's "SAME" adds before and after one axis (None: unknown size)."""
+    if size is None:
+        return None
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def conv_bn(filters: int, kernel_size: int, strides: int = 1, name: str = "conv",
