@@ -110,8 +110,8 @@ def mel_or_error(utterance: Utterance, params: FeatureParams, counter: _OutcomeC
         DECODED.add()
 
 
-class _Decode(beam.DoFn):
-    """Utterance -> (utterance, mel), or an error record on the dead letter."""
+class _UtteranceFn(beam.DoFn):
+    """A DoFn over utterances with the run's feature settings, counting each one's outcome."""
 
     def __init__(self, params: FeatureParams, max_audio_seconds: float = DEFAULT_MAX_SECONDS):
         super().__init__()
@@ -120,6 +120,10 @@ class _Decode(beam.DoFn):
 
     def setup(self) -> None:
         self._counter = _OutcomeCounter()
+
+
+class _Decode(_UtteranceFn):
+    """Utterance -> (utterance, mel), or an error record on the dead letter."""
 
     def process(self, utterance: Utterance) -> Iterator:
         mel = mel_or_error(utterance, self._params, self._counter, self._max_audio_seconds)
@@ -156,16 +160,8 @@ class FeatureStats(beam.PTransform):
                 | "MeanStd" >> beam.CombineGlobally(MeanStdFn(self._params.n_mels)))
 
 
-class _Encode(beam.DoFn):
+class _Encode(_UtteranceFn):
     """(utterance, mel) -> (split, serialised Example), normalised with the train stats."""
-
-    def __init__(self, params: FeatureParams, max_audio_seconds: float = DEFAULT_MAX_SECONDS):
-        super().__init__()
-        self._params = params
-        self._max_audio_seconds = max_audio_seconds
-
-    def setup(self) -> None:
-        self._counter = _OutcomeCounter()
 
     def process(self, pair: tuple[Utterance, np.ndarray], stats: Moments) -> Iterator:
         yield from self._encode(*pair, stats)
