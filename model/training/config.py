@@ -39,7 +39,7 @@ DEFAULT_LADDER_WEIGHTS: tuple[float, ...] = (1.0,) + (0.1,) * len(CONV_CHANNELS)
 @dataclasses.dataclass(frozen=True)
 class Flag:
     """What a setting's trainer.py flag shows besides its name, type and default, which come
-    from the field: ``trainer.build_parser`` adds one flag per field, in field order."""
+    from the field: ``model.training.cli.build_parser`` adds one flag per field, in field order."""
 
     help: str | None = None
     choices: tuple[str, ...] | None = None
