@@ -29,7 +29,6 @@ import time
 import traceback
 from typing import Any, Sequence
 
-import model
 from model.evaluation import metrics
 from model.evaluation import plots
 from model.evaluation import tables
@@ -39,6 +38,8 @@ from model.training.job_folder import (CONFIG_FILE, EVALUATION_FILE, LOG_FILE, M
                                        read_json, run_record, same_run)
 from pipeline.params import ATTRIBUTES
 
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""What the trainer subprocess needs on its PYTHONPATH to import ``model``."""
 CONTROLLED_FLAGS = ("--data-dir", "--job-dir", "--model", "--setting", "--attributes", "--seed", "--quiet")
 """Trainer flags the experiment sets itself; ``--trainer-args`` may not override them."""
 CSV_COLUMNS = ("model", "setting", "sweep", "sweep_value", "seed", "subset", "attribute", "ccc")
@@ -178,8 +179,7 @@ def train(run: Run, inline: bool) -> str:
             finally:
                 keras.backend.clear_session()
         else:
-            project = os.path.dirname(os.path.dirname(os.path.abspath(model.__file__)))
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([project, os.environ.get("PYTHONPATH", "")]))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([PROJECT_ROOT, os.environ.get("PYTHONPATH", "")]))
             status = subprocess.run([sys.executable, "-m", "model.training", *run.argv], stdout=handle,
                                     stderr=subprocess.STDOUT, env=env).returncode
     return "" if status == 0 else f"trainer.py exited with status {status}: {last_error_line(log_path)}"
