@@ -21,8 +21,9 @@ It runs with 2 threads and the glibc malloc tuning that makes PyTorch's CPU step
 (``GLIBC_TUNABLES``, see ``REFERENCE_GLIBC_TUNABLES``; it re-executes itself with it unless
 ``--untuned-malloc``). ``--compare`` needs no PyTorch in the calling interpreter: it alternates
 fresh processes of this step (``--torch-python``) and of ``bench/train_step.py --model vanilla``
-(float32 and ``mixed_bfloat16``, ``--tf-python``) for ``--rounds`` rounds and prints a table
-and the ratios (docs/performance.md):
+(float32 and ``mixed_bfloat16``, ``--tf-python``; ``--with-kept-activations`` adds both with
+``--keep-activations``) for ``--rounds`` rounds and prints a table and the ratios
+(docs/performance.md):
 
     .venv/bin/python bench/reference_step.py --compare --torch-python /tmp/torchenv/bin/python
 """
@@ -171,6 +172,8 @@ def compare(args: argparse.Namespace) -> dict[str, object]:
                           env)}
     for precision in precisions:
         runs[f"ours {precision}"] = ([*ours, "--precision", precision], env)
+        if args.with_kept_activations:
+            runs[f"ours {precision}, kept activations"] = ([*ours, "--precision", precision, "--keep-activations"], env)
         if args.with_system_allocator:
             runs[f"ours {precision}, system allocator"] = ([*ours, "--precision", precision], system)
     results: dict[str, list[dict[str, object]]] = {name: [] for name in runs}
@@ -199,13 +202,15 @@ def compare(args: argparse.Namespace) -> dict[str, object]:
         row["speed_vs_reference"] = round(reference["s_per_step"] / row["s_per_step"], 2)
         row["faults_vs_reference"] = round(row["faults_per_step"] / max(reference["faults_per_step"], 1), 3)
         row["peak_rss_vs_reference"] = round(row["peak_rss_mb"] / reference["peak_rss_mb"], 2)
-    print("| run | s/step | sentences/s | faults/step | CPU-s/step | peak RSS MB | speed vs reference |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | s/step | sentences/s | faults/step | CPU-s/step | peak RSS MB | speed vs reference "
+          "| memory vs reference |")
+    print("|---|---|---|---|---|---|---|---|")
     emulated = "" if results["ours float32"][-1].get("bf16_native") else " (emulated: no AVX-512 BF16)"
     for name, row in table.items():
         label = name + (emulated if "bfloat16" in name else "")
         print(f"| {label} | {row['s_per_step']:.2f} | {row['sentences_per_s']:.2f} | {row['faults_per_step']:,} | "
-              f"{row['cpu_s_per_step']:.2f} | {row['peak_rss_mb']:,} | {row['speed_vs_reference']:.2f}x |")
+              f"{row['cpu_s_per_step']:.2f} | {row['peak_rss_mb']:,} | {row['speed_vs_reference']:.2f}x | "
+              f"{row['peak_rss_vs_reference']:.2f}x |")
     ours_info = results["ours float32"][-1]
     return {"benchmark": "reference_side_by_side", "rounds": args.rounds, "table": table,
             "machine": {key: ours_info.get(key) for key in ("cpu", "cpu_count", "bf16_native", "allocator",
@@ -222,6 +227,9 @@ def main() -> None:
     parser.add_argument("--tf-python", default=sys.executable, help="--compare: the project's interpreter")
     parser.add_argument("--rounds", type=int, default=2, help="--compare: rounds of the alternation")
     parser.add_argument("--skip-bfloat16", action="store_true", help="--compare: float32 runs only")
+    parser.add_argument("--with-kept-activations", action="store_true",
+                        help="--compare: also run ours with --keep-activations (autodiff's backward pass, the "
+                             "default before the recomputed blocks)")
     parser.add_argument("--with-system-allocator", action="store_true",
                         help="--compare: also run ours on glibc malloc (DEC_SYSTEM_ALLOCATOR=1), the before figures")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps")

@@ -173,7 +173,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
               "say nothing about bfloat16 hardware", file=sys.stderr)
     params = FeatureParams()
     config = TrainConfig(model=args.model, batch_size=args.batch_size, jit_compile=args.jit_compile,
-                         precision=args.precision, seed=args.seed)
+                         precision=args.precision, keep_activations=args.keep_activations, seed=args.seed)
     load_start = os.getloadavg()[0]
     model = build_model(config, params)
     batch = random_batch(config, params, args.seed)
@@ -194,6 +194,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, object]:
         "model": args.model,
         "jit_compile": args.jit_compile,
         "precision": args.precision,
+        "keep_activations": args.keep_activations,
         "batch_size": args.batch_size,
         "input_shape": list(batch["features"].shape),
         "steps": args.steps,
@@ -252,6 +253,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(PAPER_MODELS), help="comma-separated models for --all")
     parser.add_argument("--jit-compile", action="store_true", help="XLA-compile the step (and the inference)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--keep-activations", action="store_true",
+                        help="trainer.py's --keep-activations: autodiff's backward pass (the before figures)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (tracing) one")
     parser.add_argument("--inference-steps", type=int, default=5)

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
 def build_net(config: "TrainConfig", params: FeatureParams) -> EmoClusterNet | ReconstructionNet:
     """The network ``config``'s variant trains: an ``EmoClusterNet`` or a reconstruction baseline."""
     if config.variant.reconstruction:
-        return ReconstructionNet.for_params(
+        net = ReconstructionNet.for_params(
             params, kind=config.variant.reconstruction, num_attributes=len(config.attributes),
             encoder_dropout=config.variant.encoder_dropout, reconstruction_weight=config.reconstruction_weight,
             kl_weight=config.kl_weight, ladder_noise=config.ladder_noise, ladder_weights=config.ladder_weights,
             seed=config.seed)
-    return EmoClusterNet.for_params(
-        params, temporal=config.variant.temporal,
-        num_clusters=config.clusters if config.variant.clustering else None,
-        num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout,
-        precision=config.precision)
+    else:
+        net = EmoClusterNet.for_params(
+            params, temporal=config.variant.temporal,
+            num_clusters=config.clusters if config.variant.clustering else None,
+            num_attributes=len(config.attributes), encoder_dropout=config.variant.encoder_dropout,
+            precision=config.precision)
+    net.encoder.recompute_activations = not config.keep_activations
+    return net

@@ -8,6 +8,7 @@ initialiser factories here are shared by every part of the model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from model.nets.encoder_geometry import CONV_CHANNELS, CONV_STRIDES
+from model.nets.recomputed_blocks import recomputed_conv_stack
 
 BN_MOMENTUM = 0.9
 """Keras momentum equal to PyTorch's default ``momentum=0.1``."""
@@ -57,12 +59,21 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
             epsilon=self.epsilon, is_training=is_training,
-            exponential_avg_factor=1.0 - self.momentum if is_training else 1.0,
+            exponential_avg_factor=self.exponential_avg_factor if is_training else 1.0,
         )
         if is_training:
-            self.moving_mean.assign(mean)
-            self.moving_variance.assign(variance)
+            self.assign_moving_statistics(mean, variance)
         return outputs
+
+    @property
+    def exponential_avg_factor(self) -> float:
+        """The weight of a batch's statistics in the running ones (PyTorch's ``momentum``)."""
+        return 1.0 - self.momentum
+
+    def assign_moving_statistics(self, mean: Any, variance: Any) -> None:
+        """Stores the running mean and variance that a training-mode fused kernel returned."""
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
 
 
 @keras.saving.register_keras_serializable(package="deepemocluster")
@@ -71,10 +82,10 @@ class SymmetricConv2D(keras.layers.Conv2D):
 
     Keras' "same" pads (0, 1) for a stride-2 3x3 conv on an even size, which shifts the
     sampling grid by one pixel against the reference; the output size and the parameters
-    are the same either way. The padding is handed to the kernel, which pads as it reads
-    (no padded copy of every map kept for the backward pass), in the form oneDNN runs
-    fastest: "SAME" where it equals the reference's (every stride-1 conv: 2x faster than
-    explicit paddings), else only the zeros a window reads (docs/performance.md).
+    are the same either way. The padding is handed to the kernels in the form oneDNN runs
+    fastest (``padding_form``). ``backprop`` gives the gradient kernels in such forms for
+    code that runs them itself (``model.nets.recomputed_blocks``); a plain call is
+    differentiated by autodiff.
     """
 
     def __init__(self, filters: int, kernel_size: int, **kwargs: Any) -> None:
@@ -82,20 +93,42 @@ class SymmetricConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, padding="valid", **kwargs)
 
     def call(self, inputs: Any) -> Any:
-        kernel = ops.cast(self.kernel, inputs.dtype)
-        (top, bottom), (left, right) = (
-            _used_padding(size, k, s) for size, k, s in zip(inputs.shape[1:3], self.kernel_size, self.strides))
-        if all(_same_padding(size, k, s) == pads for size, k, s, pads in zip(
-                inputs.shape[1:3], self.kernel_size, self.strides, ((top, bottom), (left, right)))):
-            padding: Any = "SAME"
-        elif inputs.dtype == tf.bfloat16:
-            # oneDNN has no bfloat16 kernel for explicit paddings: TensorFlow's fallback is 30x slower.
-            inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
-            padding = "VALID"
-        else:
-            padding = [[0, 0], [top, bottom], [left, right], [0, 0]]
+        return self.convolve(inputs, ops.cast(self.kernel, inputs.dtype), ops.cast(self.bias, inputs.dtype))
+
+    def convolve(self, inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+        """The layer's convolution with the given weights (cast to the inputs' dtype)."""
+        copy_padding, padding = self.padding_form(inputs.shape, inputs.dtype)
+        if copy_padding is not None:
+            inputs = tf.pad(inputs, copy_padding)
         outputs = tf.nn.conv2d(inputs, kernel, strides=[1, *self.strides, 1], padding=padding)
-        return tf.nn.bias_add(outputs, ops.cast(self.bias, inputs.dtype))
+        return tf.nn.bias_add(outputs, bias)
+
+    def backprop(self, input_shape: tf.TensorShape, dtype: tf.DType) -> "ConvBackprop":
+        """The kernels autodiff runs for this layer's gradients, on inputs of that shape and dtype,
+        in the padding form oneDNN has backward kernels for (``padding_form(backward=True)``)."""
+        copy_padding, padding = self.padding_form(input_shape, dtype, backward=True)
+        return ConvBackprop(tuple(input_shape), copy_padding, padding, [1, *self.strides, 1])
+
+    def padding_form(self, input_shape: tf.TensorShape, dtype: tf.DType,
+                     backward: bool = False) -> tuple[list[list[int]] | None, Any]:
+        """How the reference's padding is handed to TensorFlow: (the zeros of a padded copy to
+        convolve "VALID", or None; the conv's padding argument).
+
+        "SAME" where it equals the reference's. Elsewhere the forward float32 conv takes
+        explicit paddings of only the zeros a window reads; bfloat16 and every backward
+        kernel get a padded copy instead: oneDNN has no bfloat16 kernel for explicit
+        paddings (TensorFlow's fallback is 30x slower) and runs no backward conv with them
+        (TensorFlow's are 1.2-1.9x slower, docs/performance.md).
+        """
+        (top, bottom), (left, right) = (
+            _used_padding(size, k, s) for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides))
+        if all(_same_padding(size, k, s) == pads for size, k, s, pads in zip(
+                input_shape[1:3], self.kernel_size, self.strides, ((top, bottom), (left, right)))):
+            return None, "SAME"
+        explicit = [[0, 0], [top, bottom], [left, right], [0, 0]]
+        if backward or dtype == tf.bfloat16:
+            return explicit, "VALID"
+        return None, explicit
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         batch, height, width, _ = input_shape
@@ -103,6 +136,53 @@ class SymmetricConv2D(keras.layers.Conv2D):
         padded = (batch, None if height is None else height + 2 * pad_h,
                   None if width is None else width + 2 * pad_w, input_shape[3])
         return super().compute_output_shape(padded)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBackprop:
+    """The backward kernels of one ``SymmetricConv2D`` call, for code that runs them itself
+    (``model.nets.recomputed_blocks``): each takes the conv's inputs as ``operand`` returns them."""
+
+    input_shape: tuple[int, ...]
+    copy_padding: list[list[int]] | None
+    padding: Any
+    strides: list[int]
+
+    def operand(self, inputs: tf.Tensor) -> tf.Tensor:
+        """The inputs as the backward kernels take them: a padded copy, or the inputs themselves."""
+        return inputs if self.copy_padding is None else tf.pad(inputs, self.copy_padding)
+
+    def kernel_gradient(self, operand: tf.Tensor, kernel: tf.Tensor,
+                        output_gradient: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The gradients for the kernel and the bias, given that of the conv's outputs."""
+        kernel_gradient = tf.compat.v1.nn.conv2d_backprop_filter(
+            operand, tf.shape(kernel), output_gradient, self.strides, self.padding)
+        if output_gradient.dtype == tf.float32:
+            # Of the flattened maps: on 4-D ones TensorFlow fuses it into oneDNN's float32 kernel
+            # gradient, which then runs 1.3-3.5x slower (in bfloat16 the fused one is faster).
+            output_gradient = tf.reshape(output_gradient, [-1, tf.shape(output_gradient)[-1]])
+        return kernel_gradient, tf.raw_ops.BiasAddGrad(out_backprop=output_gradient)
+
+    def operand_gradient(self, operand_shape: tf.Tensor, kernel: tf.Tensor,
+                         output_gradient: tf.Tensor) -> tf.Tensor:
+        """The gradient for an operand of that (dynamic) shape; ``inputs_gradient`` crops it."""
+        return tf.compat.v1.nn.conv2d_backprop_input(
+            operand_shape, kernel, output_gradient, self.strides, self.padding)
+
+    def gradients(self, inputs: tf.Tensor, kernel: tf.Tensor,
+                  output_gradient: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The gradients for the inputs, the kernel and the bias, given that of the conv's outputs."""
+        operand = self.operand(inputs)
+        kernel_gradient, bias_gradient = self.kernel_gradient(operand, kernel, output_gradient)
+        return (self.inputs_gradient(self.operand_gradient(tf.shape(operand), kernel, output_gradient)),
+                kernel_gradient, bias_gradient)
+
+    def inputs_gradient(self, operand_gradient: tf.Tensor) -> tf.Tensor:
+        """A gradient for the operand cropped to one for the inputs."""
+        if self.copy_padding is None:
+            return operand_gradient
+        (_, _), (top, _), (left, _), (_, _) = self.copy_padding
+        return operand_gradient[:, top:top + self.input_shape[1], left:left + self.input_shape[2]]
 
 
 def _used_padding(size: int | None, kernel: int, stride: int) -> tuple[int, int]:
@@ -154,6 +234,9 @@ class VGGChunkEncoder(keras.layers.Layer):
     runs convolutions, BatchNorm and ReLU in bfloat16 (float32 variables, batch statistics
     and running averages), which halves the CPU time of a training step on CPUs with
     AVX-512 BF16 (docs/performance.md); the Dense and everything after stay float32.
+
+    In training the conv blocks run as ``model.nets.recomputed_blocks`` does: the same forward
+    pass, and a backward pass that keeps half the activation maps autodiff would.
     """
 
     def __init__(self, units: int = 256, dropout: float = 0.5, **kwargs: Any) -> None:
@@ -167,6 +250,10 @@ class VGGChunkEncoder(keras.layers.Layer):
             name="dense", dtype="float32",
         )
         self.dropout = keras.layers.Dropout(dropout)
+        self.recompute_activations = True
+        """Training keeps one map per conv block and recomputes the rest in the backward pass
+        (``model.nets.recomputed_blocks``); False keeps autodiff's two (same gradients, about
+        1.5x the peak memory: docs/performance.md)."""
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         _, _, frames, n_mels = input_shape
@@ -182,8 +269,11 @@ class VGGChunkEncoder(keras.layers.Layer):
     def call(self, features: Any, training: bool = False) -> Any:
         _, chunks, frames, n_mels = ops.shape(features)
         x = ops.reshape(features, (-1, frames, n_mels, 1))
-        for conv, norm in self.blocks:
-            x = ops.relu(norm(conv(x), training=training))
+        if training and self.recompute_activations and all(norm.trainable for _, norm in self.blocks):
+            x = recomputed_conv_stack(x, self.blocks)
+        else:
+            for conv, norm in self.blocks:
+                x = ops.relu(norm(conv(x), training=training))
         x = self.dropout(self.dense(ops.reshape(x, (-1, self._flat_size))), training=training)
         return ops.reshape(x, (-1, chunks, self.units))
 

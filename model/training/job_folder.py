@@ -39,11 +39,12 @@ import posixpath
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from model.training.config import TrainConfig
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
     from model.nets.emocluster_net import EmoClusterNet
-    from model.training.config import TrainConfig
     from pipeline.metadata import Metadata
 
 CONFIG_FILE = "config.json"
@@ -163,8 +164,13 @@ def run_record(config: "TrainConfig", data_dir: str, metadata_json: str) -> dict
 
 
 def same_run(recorded: Mapping[str, Any], record: Mapping[str, Any]) -> bool:
-    """The same-run rule: the same settings on the same data (versions and run ids may differ)."""
-    return all(recorded.get(key) == record[key] for key in ("config", "data_metadata_sha256"))
+    """The same-run rule: the same settings on the same data (versions and run ids may differ).
+
+    A setting that an older version did not record counts as its default, which is what that
+    version ran with."""
+    defaults = TrainConfig().to_dict()
+    return ({**defaults, **(recorded.get("config") or {})} == {**defaults, **record["config"]}
+            and recorded.get("data_metadata_sha256") == record["data_metadata_sha256"])
 
 
 def is_finished(job_dir: str) -> bool:
