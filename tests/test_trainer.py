@@ -18,6 +18,8 @@ import tensorflow as tf
 
 import trainer
 from model.nets.variants import VARIANTS
+from model.training.config import TrainConfig
+from model.training.job_folder import same_run
 from pipeline.params import ATTRIBUTES
 from tests.fixtures.jobs import train_job
 
@@ -160,6 +162,18 @@ def test_a_job_dir_of_another_run_is_refused(tmp_path: Path, trained_job: Path, 
     status = trainer.main(["--data-dir", str(tiny_features), "--job-dir", str(job), "--model", "vanilla",
                            "--quiet"])
     assert status == 2 and "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_a_run_recorded_before_a_setting_existed_is_the_same_run() -> None:
+    """A config.json written before a setting was added ran with its default: resuming that job
+    is the same run; a recorded value other than the default is not."""
+    config = TrainConfig(model="vanilla").to_dict()
+    record = {"config": config, "data_metadata_sha256": "abc"}
+    older = {key: value for key, value in config.items() if key != "keep_activations"}
+    assert same_run({"config": older, "data_metadata_sha256": "abc"}, record)
+    assert not same_run({"config": {**older, "keep_activations": True}, "data_metadata_sha256": "abc"}, record)
+    assert not same_run({"config": {**older, "epochs": 3}, "data_metadata_sha256": "abc"}, record)
+    assert not same_run({"config": older, "data_metadata_sha256": "other"}, record)
 
 
 def _poison_labels(data: Path) -> None:

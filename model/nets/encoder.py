@@ -83,9 +83,9 @@ class SymmetricConv2D(keras.layers.Conv2D):
     Keras' "same" pads (0, 1) for a stride-2 3x3 conv on an even size, which shifts the
     sampling grid by one pixel against the reference; the output size and the parameters
     are the same either way. The padding is handed to the kernels in the form oneDNN runs
-    fastest (``padding_form``). ``backprop`` gives the gradient kernels in such forms for
-    code that runs them itself (``model.nets.recomputed_blocks``); a plain call is
-    differentiated by autodiff.
+    fastest (``convolve``); ``backprop`` gives the gradient kernels in such forms for code
+    that runs them itself (``model.nets.recomputed_blocks``). A plain call is differentiated
+    by autodiff.
     """
 
     def __init__(self, filters: int, kernel_size: int, **kwargs: Any) -> None:
@@ -96,39 +96,31 @@ class SymmetricConv2D(keras.layers.Conv2D):
         return self.convolve(inputs, ops.cast(self.kernel, inputs.dtype), ops.cast(self.bias, inputs.dtype))
 
     def convolve(self, inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-        """The layer's convolution with the given weights (cast to the inputs' dtype)."""
-        copy_padding, padding = self.padding_form(inputs.shape, inputs.dtype)
-        if copy_padding is not None:
-            inputs = tf.pad(inputs, copy_padding)
+        """The layer's convolution with the given weights (cast to the inputs' dtype), in the
+        form oneDNN runs fastest: "SAME" where it equals the reference's padding (every stride-1
+        conv), else explicit paddings of only the zeros a window reads in float32, and a padded
+        copy convolved "VALID" in bfloat16 (oneDNN has no bfloat16 kernel for explicit
+        paddings: TensorFlow's fallback is 30x slower, docs/performance.md)."""
+        explicit = self.reference_padding(inputs.shape)
+        padding: Any = "SAME" if explicit is None else explicit
+        if explicit is not None and inputs.dtype == tf.bfloat16:
+            inputs, padding = tf.pad(inputs, explicit), "VALID"
         outputs = tf.nn.conv2d(inputs, kernel, strides=[1, *self.strides, 1], padding=padding)
         return tf.nn.bias_add(outputs, bias)
 
     def backprop(self, input_shape: tf.TensorShape, dtype: tf.DType) -> "ConvBackprop":
-        """The kernels autodiff runs for this layer's gradients, on inputs of that shape and dtype,
-        in the padding form oneDNN has backward kernels for (``padding_form(backward=True)``)."""
-        copy_padding, padding = self.padding_form(input_shape, dtype, backward=True)
-        return ConvBackprop(tuple(input_shape), copy_padding, padding, [1, *self.strides, 1])
+        """The gradient kernels of ``convolve`` on inputs of that shape and dtype."""
+        return ConvBackprop(tuple(input_shape), self.reference_padding(input_shape), [1, *self.strides, 1], dtype)
 
-    def padding_form(self, input_shape: tf.TensorShape, dtype: tf.DType,
-                     backward: bool = False) -> tuple[list[list[int]] | None, Any]:
-        """How the reference's padding is handed to TensorFlow: (the zeros of a padded copy to
-        convolve "VALID", or None; the conv's padding argument).
-
-        "SAME" where it equals the reference's. Elsewhere the forward float32 conv takes
-        explicit paddings of only the zeros a window reads; bfloat16 and every backward
-        kernel get a padded copy instead: oneDNN has no bfloat16 kernel for explicit
-        paddings (TensorFlow's fallback is 30x slower) and runs no backward conv with them
-        (TensorFlow's are 1.2-1.9x slower, docs/performance.md).
-        """
+    def reference_padding(self, input_shape: tf.TensorShape) -> list[list[int]] | None:
+        """The zeros of the reference's padding that a window reads, as explicit paddings, or None
+        where TensorFlow's "SAME" equals them."""
         (top, bottom), (left, right) = (
             _used_padding(size, k, s) for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides))
         if all(_same_padding(size, k, s) == pads for size, k, s, pads in zip(
                 input_shape[1:3], self.kernel_size, self.strides, ((top, bottom), (left, right)))):
-            return None, "SAME"
-        explicit = [[0, 0], [top, bottom], [left, right], [0, 0]]
-        if backward or dtype == tf.bfloat16:
-            return explicit, "VALID"
-        return None, explicit
+            return None
+        return [[0, 0], [top, bottom], [left, right], [0, 0]]
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         batch, height, width, _ = input_shape
@@ -140,49 +132,52 @@ class SymmetricConv2D(keras.layers.Conv2D):
 
 @dataclasses.dataclass(frozen=True)
 class ConvBackprop:
-    """The backward kernels of one ``SymmetricConv2D`` call, for code that runs them itself
-    (``model.nets.recomputed_blocks``): each takes the conv's inputs as ``operand`` returns them."""
+    """The gradient kernels of one ``SymmetricConv2D.convolve`` call, for code that runs them
+    itself (``model.nets.recomputed_blocks``), in the forms that are fastest without costing
+    memory (docs/performance.md):
 
-    input_shape: tuple[int, ...]
-    copy_padding: list[list[int]] | None
-    padding: Any
+    - the input gradient of a conv with explicit paddings runs oneDNN's "VALID" kernel into a
+      padded map and crops it (TensorFlow's explicit-padding kernel is 1.6-2x slower);
+    - the kernel gradient takes the explicit paddings on the inputs themselves in float32
+      (TensorFlow's kernel, as fast as oneDNN's on a padded copy, but that copy, 63 x 129 next
+      to the 62 x 128 maps, fragments TensorFlow's memory pool: 0.7 GB more peak RSS at batch
+      64) and a padded copy in bfloat16 (TensorFlow's bfloat16 kernel is 30x slower);
+    - the float32 bias gradient is taken of the flattened maps: of the 4-D ones TensorFlow fuses
+      it into oneDNN's kernel gradient, which then runs about 1.3x slower.
+    """
+
+    input_shape: tuple[int | None, ...]
+    explicit_padding: list[list[int]] | None
+    """The reference's padding where it is not "SAME" (``SymmetricConv2D.reference_padding``)."""
     strides: list[int]
+    dtype: tf.DType
 
-    def operand(self, inputs: tf.Tensor) -> tf.Tensor:
-        """The inputs as the backward kernels take them: a padded copy, or the inputs themselves."""
-        return inputs if self.copy_padding is None else tf.pad(inputs, self.copy_padding)
-
-    def kernel_gradient(self, operand: tf.Tensor, kernel: tf.Tensor,
+    def kernel_gradient(self, inputs: tf.Tensor, kernel: tf.Tensor,
                         output_gradient: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The gradients for the kernel and the bias, given that of the conv's outputs."""
+        """The gradients for the kernel and the bias, given the conv's inputs and its output gradient."""
+        padding: Any = "SAME" if self.explicit_padding is None else self.explicit_padding
+        if self.explicit_padding is not None and self.dtype == tf.bfloat16:
+            inputs, padding = tf.pad(inputs, self.explicit_padding), "VALID"
         kernel_gradient = tf.compat.v1.nn.conv2d_backprop_filter(
-            operand, tf.shape(kernel), output_gradient, self.strides, self.padding)
-        if output_gradient.dtype == tf.float32:
-            # Of the flattened maps: on 4-D ones TensorFlow fuses it into oneDNN's float32 kernel
-            # gradient, which then runs 1.3-3.5x slower (in bfloat16 the fused one is faster).
+            inputs, tf.shape(kernel), output_gradient, self.strides, padding)
+        if self.dtype == tf.float32:
             output_gradient = tf.reshape(output_gradient, [-1, tf.shape(output_gradient)[-1]])
         return kernel_gradient, tf.raw_ops.BiasAddGrad(out_backprop=output_gradient)
 
-    def operand_gradient(self, operand_shape: tf.Tensor, kernel: tf.Tensor,
-                         output_gradient: tf.Tensor) -> tf.Tensor:
-        """The gradient for an operand of that (dynamic) shape; ``inputs_gradient`` crops it."""
-        return tf.compat.v1.nn.conv2d_backprop_input(
-            operand_shape, kernel, output_gradient, self.strides, self.padding)
+    def inputs_gradient(self, input_shape: tf.Tensor, kernel: tf.Tensor, output_gradient: tf.Tensor) -> tf.Tensor:
+        """The gradient for the conv's inputs, of that (dynamic) shape, given its output gradient."""
+        if self.explicit_padding is None:
+            return tf.compat.v1.nn.conv2d_backprop_input(input_shape, kernel, output_gradient, self.strides, "SAME")
+        padded_shape = input_shape + tf.constant([before + after for before, after in self.explicit_padding])
+        padded = tf.compat.v1.nn.conv2d_backprop_input(padded_shape, kernel, output_gradient, self.strides, "VALID")
+        (_, _), (top, _), (left, _), (_, _) = self.explicit_padding
+        return padded[:, top:top + self.input_shape[1], left:left + self.input_shape[2]]
 
     def gradients(self, inputs: tf.Tensor, kernel: tf.Tensor,
                   output_gradient: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """The gradients for the inputs, the kernel and the bias, given that of the conv's outputs."""
-        operand = self.operand(inputs)
-        kernel_gradient, bias_gradient = self.kernel_gradient(operand, kernel, output_gradient)
-        return (self.inputs_gradient(self.operand_gradient(tf.shape(operand), kernel, output_gradient)),
-                kernel_gradient, bias_gradient)
-
-    def inputs_gradient(self, operand_gradient: tf.Tensor) -> tf.Tensor:
-        """A gradient for the operand cropped to one for the inputs."""
-        if self.copy_padding is None:
-            return operand_gradient
-        (_, _), (top, _), (left, _), (_, _) = self.copy_padding
-        return operand_gradient[:, top:top + self.input_shape[1], left:left + self.input_shape[2]]
+        """The gradients for the inputs, the kernel and the bias."""
+        return (self.inputs_gradient(tf.shape(inputs), kernel, output_gradient),
+                *self.kernel_gradient(inputs, kernel, output_gradient))
 
 
 def _used_padding(size: int | None, kernel: int, stride: int) -> tuple[int, int]:

@@ -72,15 +72,14 @@ def _segment(x: tf.Tensor, lead_conv: "SymmetricConv2D | None", norm: "FusedBatc
                 kept = tf.identity(x)
             y = kept if lead_conv is None else lead_conv.convolve(kept, *lead)
             normalised, _, _, *reserve = normalise(y, gamma, beta, None)
-            backprop = conv.backprop(y.shape, y.dtype)
-            activations = backprop.operand(tf.nn.relu(normalised))
+            activations = tf.nn.relu(normalised)
             active = tf.greater(activations, 0)
+            backprop = conv.backprop(activations.shape, activations.dtype)
             kernel_gradient, bias_gradient = backprop.kernel_gradient(activations, kernel, output_gradient)
             # The activations die here: their gradient is only made once they are gone.
             with tf.control_dependencies([kernel_gradient, active]):
-                activation_gradient = backprop.operand_gradient(tf.shape(activations), kernel, output_gradient)
-            normalised_gradient = backprop.inputs_gradient(
-                tf.where(active, activation_gradient, tf.zeros((), activation_gradient.dtype)))
+                activation_gradient = backprop.inputs_gradient(tf.shape(activations), kernel, output_gradient)
+            normalised_gradient = tf.where(active, activation_gradient, tf.zeros((), activation_gradient.dtype))
             y_gradient, gamma_gradient, beta_gradient, _, _ = tf.raw_ops.FusedBatchNormGradV3(
                 y_backprop=normalised_gradient, x=y, scale=gamma, reserve_space_1=reserve[0],
                 reserve_space_2=reserve[1], reserve_space_3=reserve[2], epsilon=norm.epsilon, is_training=True)

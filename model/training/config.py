@@ -84,8 +84,8 @@ class TrainConfig:
                    "CPU time per step on AVX-512 BF16 CPUs (docs/performance.md)", PRECISIONS)
     keep_activations: bool = _setting(
         False, "keep autodiff's two activation maps per encoder conv block for the backward pass instead of "
-               "keeping one and recomputing the other: same gradients to float32 rounding, about 1.6x the peak "
-               "memory; faster only in mixed_bfloat16 (docs/performance.md)")
+               "keeping one and recomputing the other: same gradients to float32 rounding, about 1.7x the peak "
+               "memory, no faster in float32, up to 15 per cent faster or slower in mixed_bfloat16 (docs/performance.md)")
     distribute: str = _setting("none", choices=DISTRIBUTE_MODES)
     ccc_level: str = _setting("chunk", "CCC loss over chunk predictions (reference) or sentence means", CCC_LEVELS)
     optimizers: str = _setting(
