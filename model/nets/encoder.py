@@ -248,7 +248,7 @@ class VGGChunkEncoder(keras.layers.Layer):
         self.recompute_activations = True
         """Training keeps one map per conv block and recomputes the rest in the backward pass
         (``model.nets.recomputed_blocks``); False keeps autodiff's two (same gradients, about
-        1.5x the peak memory: docs/performance.md)."""
+        1.7x the peak memory: docs/performance.md)."""
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         _, _, frames, n_mels = input_shape
