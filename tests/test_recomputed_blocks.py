@@ -45,13 +45,7 @@ def _conv_stack(encoder: VGGChunkEncoder, recompute: bool):
     """The encoder's training-mode conv blocks, recomputed or as autodiff keeps them."""
     def stack(features: tf.Tensor) -> tf.Tensor:
         encoder.recompute_activations = recompute
-        x = tf.reshape(features, (-1, FRAMES, MELS, 1))
-        if recompute:
-            from model.nets.recomputed_blocks import recomputed_conv_stack
-            return recomputed_conv_stack(x, encoder.blocks)
-        for conv, norm in encoder.blocks:
-            x = tf.nn.relu(norm(conv(x), training=True))
-        return x
+        return encoder.conv_blocks(tf.reshape(features, (-1, FRAMES, MELS, 1)), training=True)
     return stack
 
 

@@ -263,14 +263,19 @@ class VGGChunkEncoder(keras.layers.Layer):
 
     def call(self, features: Any, training: bool = False) -> Any:
         _, chunks, frames, n_mels = ops.shape(features)
-        x = ops.reshape(features, (-1, frames, n_mels, 1))
-        if training and self.recompute_activations and all(norm.trainable for _, norm in self.blocks):
-            x = recomputed_conv_stack(x, self.blocks)
-        else:
-            for conv, norm in self.blocks:
-                x = ops.relu(norm(conv(x), training=training))
+        x = self.conv_blocks(ops.reshape(features, (-1, frames, n_mels, 1)), training=training)
         x = self.dropout(self.dense(ops.reshape(x, (-1, self._flat_size))), training=training)
         return ops.reshape(x, (-1, chunks, self.units))
+
+    def conv_blocks(self, images: Any, training: bool = False) -> Any:
+        """The seven Conv + BatchNorm + ReLU blocks on [B*C, m, n_mels, 1] chunk images; in training
+        with one kept map per block unless ``recompute_activations`` is off."""
+        if training and self.recompute_activations and all(norm.trainable for _, norm in self.blocks):
+            return recomputed_conv_stack(images, self.blocks)
+        x = images
+        for conv, norm in self.blocks:
+            x = ops.relu(norm(conv(x), training=training))
+        return x
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (input_shape[0], input_shape[1], self.units)
